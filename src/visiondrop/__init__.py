@@ -1,0 +1,25 @@
+"""visiondrop: training-free visual-token pruning for LLaVA-family models on plain
+transformers. ``handle = visiondrop.apply(model, budget=64)``."""
+
+from .api import PruningHandle, apply
+from .methods import available_methods, get_method, register_method
+from .models import supported_models
+from .report import PruningReport, SegmentRecord, StageRecord
+from .schedule import Schedule, StageSpec, schedule_from_budget
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "PruningHandle",
+    "PruningReport",
+    "Schedule",
+    "SegmentRecord",
+    "StageRecord",
+    "StageSpec",
+    "apply",
+    "available_methods",
+    "get_method",
+    "register_method",
+    "schedule_from_budget",
+    "supported_models",
+]

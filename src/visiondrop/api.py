@@ -1,0 +1,81 @@
+"""``visiondrop.apply``: one line on an unchanged transformers model."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from .methods import get_method
+from .models import adapter_for
+from .report import PruningReport
+from .schedule import Schedule
+
+_HANDLE_ATTR = "_visiondrop_handle"
+
+
+class PruningHandle:
+    """Hooks of one method on one model. ``remove()`` restores the model exactly;
+    also a context manager. ``report`` describes the last prefill."""
+
+    def __init__(self, model: nn.Module, adapter, method, schedule: Schedule) -> None:
+        self.model = model
+        self.adapter = adapter
+        self.method = method
+        self.schedule = schedule
+        self._hooks: list = []
+
+    @property
+    def report(self) -> PruningReport | None:
+        return self.adapter.report
+
+    @property
+    def active(self) -> bool:
+        return bool(self._hooks)
+
+    def remove(self) -> None:
+        """Remove every hook; calling it again does nothing."""
+        for hook in self._hooks:
+            hook.remove()
+        self._hooks = []
+        self.adapter.reset()
+        if getattr(self.model, _HANDLE_ATTR, None) is self:
+            delattr(self.model, _HANDLE_ATTR)
+
+    def __enter__(self) -> PruningHandle:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.remove()
+
+    def __repr__(self) -> str:
+        state = "active" if self.active else "removed"
+        return (f"PruningHandle({self.method.name}, {type(self.model).__name__}, {state})\n"
+                f"  config:   {self.method.config}\n  schedule: {self.schedule}")
+
+
+def apply(model: nn.Module, method: str = "visiondrop", *, budget: int | None = None,
+          schedule: Schedule | None = None, **options) -> PruningHandle:
+    """Prune ``model``'s visual tokens with ``method`` until the handle is removed.
+
+    Args:
+        model: a supported transformers model instance (see
+            :func:`visiondrop.supported_models`); it is not modified, only hooked.
+        method: a registered method name (:func:`visiondrop.available_methods`).
+        budget: visual tokens per image averaged over the LLM's decoder layers.
+        schedule: an explicit :class:`~visiondrop.Schedule` instead of ``budget``.
+        **options: method options (e.g. ``positions="keep"``), validated here.
+
+    Raises:
+        ValueError: bad options, budget or schedule for this model, or an
+            unsupported model, before any compute.
+        RuntimeError: the model already has an active handle.
+    """
+    existing = getattr(model, _HANDLE_ATTR, None)
+    if existing is not None and existing.active:
+        raise RuntimeError("model already has an active visiondrop handle; call handle.remove() first")
+    adapter = adapter_for(model)
+    pruning = get_method(method).from_options(budget=budget, schedule=schedule, **options)
+    resolved = pruning.plan(adapter.geometry())
+    handle = PruningHandle(model, adapter, pruning, resolved)
+    handle._hooks = adapter.install(pruning, resolved, getattr(pruning.config, "positions", "reindex"))
+    setattr(model, _HANDLE_ATTR, handle)
+    return handle

@@ -1,0 +1,154 @@
+"""Shortening a padded batch: where every token goes when visual segments shrink.
+
+Each visual segment (one image's tokens in one row) of ``n`` tokens becomes
+``D + C`` tokens placed where the segment started: its ``D`` dominant tokens in
+original order, then its ``C`` contextual tokens (the release's layout). Text
+before and after is untouched. Rows shrink by different amounts (a row may hold no
+image, or several), so shorter rows get padding on the batch's padding side; the
+caller's 2-D mask marks it.
+
+The plan is built on the CPU from Python integers (segment positions are known
+once per prefill); only the dominant indices, which live on the model's device,
+are filled in by :meth:`CompactionPlan.resolve`. Applying it is one gather per
+tensor, whatever the batch size.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class Segment:
+    """A contiguous run of visual tokens: row, first index, length."""
+
+    row: int
+    start: int
+    length: int
+
+
+@dataclass
+class CompactionPlan:
+    """Where each token of the shortened batch comes from.
+
+    Sources are flat indices into a "bank": ``[0, B*L)`` the old tokens row-major,
+    ``[B*L, B*L + S*C)`` the contextual tokens segment-major, then one fill slot.
+    """
+
+    batch_size: int
+    old_length: int
+    new_length: int
+    segments: tuple[Segment, ...]
+    new_segments: tuple[Segment, ...]
+    removed_per_row: tuple[int, ...]
+    num_contextual: int
+    source: torch.Tensor  # (B, L') long, CPU; -1 where a dominant token goes
+    dominant_slots: torch.Tensor  # (S, D) flat positions in (B * L')
+    dominant_base: torch.Tensor  # (S, 1) flat old index of each segment's first token
+
+    @property
+    def fill_index(self) -> int:
+        return self.batch_size * self.old_length + len(self.segments) * self.num_contextual
+
+    def resolve(self, dominant: torch.Tensor) -> torch.Tensor:
+        """Flat source indices ``(B, L')`` on ``dominant``'s device.
+
+        Args:
+            dominant: long ``(S, D)`` local indices of each segment's dominant tokens.
+        """
+        device = dominant.device
+        source = self.source.to(device).clone()
+        if dominant.numel():
+            source.view(-1)[self.dominant_slots.to(device)] = self.dominant_base.to(device) + dominant
+        return source
+
+    def gather(
+        self,
+        source: torch.Tensor,
+        tokens: torch.Tensor,
+        contextual: torch.Tensor | None = None,
+        fill: float | int = 0,
+    ) -> torch.Tensor:
+        """Apply the plan to ``tokens`` (``(B, L, ...)``), inserting ``contextual``
+        (``(S, C, ...)``) and ``fill`` for padding. Returns ``(B, L', ...)``."""
+        trailing = tokens.shape[2:]
+        parts = [tokens.reshape(-1, *trailing)]
+        if self.num_contextual:
+            if contextual is None:
+                raise ValueError("this plan has contextual tokens; pass them")
+            parts.append(contextual.reshape(-1, *trailing).to(tokens.dtype))
+        parts.append(torch.full((1, *trailing), fill, dtype=tokens.dtype, device=tokens.device))
+        bank = torch.cat(parts)
+        return bank[source.view(-1)].view(self.batch_size, self.new_length, *trailing)
+
+
+def plan_compaction(
+    batch_size: int,
+    seq_length: int,
+    segments: Sequence[Segment],
+    num_dominant: int,
+    num_contextual: int,
+    pad_side: str = "left",
+) -> CompactionPlan:
+    """Plan the shortening of every segment to ``num_dominant + num_contextual`` tokens.
+
+    Args:
+        batch_size, seq_length: the current batch shape ``(B, L)``.
+        segments: the visual segments, sorted by ``(row, start)``, not overlapping.
+        num_dominant, num_contextual: D and C, the same for every segment.
+        pad_side: where rows shorter than the longest get padding, "left" (what
+            ``generate()`` uses) or "right".
+    """
+    if pad_side not in ("left", "right"):
+        raise ValueError(f"pad_side must be 'left' or 'right', got {pad_side!r}")
+    kept = num_dominant + num_contextual
+    by_row: list[list[tuple[int, Segment]]] = [[] for _ in range(batch_size)]
+    for index, segment in enumerate(segments):
+        if segment.length < kept:
+            raise ValueError(f"segment of {segment.length} tokens cannot keep {kept}")
+        by_row[segment.row].append((index, segment))
+    removed = [sum(seg.length - kept for _, seg in row) for row in by_row]
+    new_length = seq_length - min(removed) if batch_size else seq_length
+
+    num_segments = len(segments)
+    fill = batch_size * seq_length + num_segments * num_contextual
+    source = torch.full((batch_size, new_length), fill, dtype=torch.long)
+    dominant_slots = torch.zeros(num_segments, num_dominant, dtype=torch.long)
+    dominant_base = torch.zeros(num_segments, 1, dtype=torch.long)
+    new_segments: list[Segment | None] = [None] * num_segments
+    for row, row_segments in enumerate(by_row):
+        row_length = seq_length - removed[row]
+        cursor = new_length - row_length if pad_side == "left" else 0
+        old = 0
+        base = row * seq_length
+        pieces: list[torch.Tensor] = []
+        for index, segment in row_segments:
+            pieces.append(torch.arange(base + old, base + segment.start))
+            cursor_at_segment = cursor + segment.start - old
+            pieces.append(torch.full((num_dominant,), -1, dtype=torch.long))
+            ctx_first = batch_size * seq_length + index * num_contextual
+            pieces.append(torch.arange(ctx_first, ctx_first + num_contextual))
+            dominant_slots[index] = row * new_length + cursor_at_segment + torch.arange(num_dominant)
+            dominant_base[index] = base + segment.start
+            new_segments[index] = Segment(row, cursor_at_segment, kept)
+            cursor = cursor_at_segment + kept
+            old = segment.start + segment.length
+        pieces.append(torch.arange(base + old, base + seq_length))
+        row_source = torch.cat(pieces)
+        offset = new_length - row_length if pad_side == "left" else 0
+        source[row, offset : offset + row_length] = row_source
+    return CompactionPlan(
+        batch_size=batch_size,
+        old_length=seq_length,
+        new_length=new_length,
+        segments=tuple(segments),
+        new_segments=tuple(s for s in new_segments if s is not None),
+        removed_per_row=tuple(removed),
+        num_contextual=num_contextual,
+        source=source,
+        dominant_slots=dominant_slots,
+        dominant_base=dominant_base,
+    )

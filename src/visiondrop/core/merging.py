@@ -1,0 +1,91 @@
+"""Stage-wise contextual token merging (paper, "Stage-wise Contextual Token Merging";
+rule details from the authors' release).
+
+The tokens that were not selected as dominant are split into C reference ("target")
+tokens, picked at a uniform stride in index order, and candidates; every candidate
+joins the target whose key is most similar (dot product of head-averaged,
+L2-normalised keys). Each contextual token is ``target + mean(candidates joined)``,
+which is the release's rule (not a weighted average).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class ContextualMerge:
+    """Result of :func:`contextual_merge`.
+
+    Attributes:
+        tokens: ``(S, C, H)`` contextual tokens.
+        targets: long ``(S, C)``, indices (into the stage's N input tokens) of the targets.
+        merged_into: long ``(S, N)``; for every input token the contextual slot it is
+            part of (targets point to their own slot), ``-1`` for the dominant tokens
+            (and for the remaining tokens when ``C == 0``: they are dropped).
+    """
+
+    tokens: torch.Tensor
+    targets: torch.Tensor
+    merged_into: torch.Tensor
+
+
+def remaining_indices(num_tokens: int, dominant: torch.Tensor) -> torch.Tensor:
+    """Indices not in ``dominant`` (``(S, D)``), ascending: ``(S, N - D)``."""
+    keep = torch.ones(dominant.shape[0], num_tokens, dtype=torch.bool, device=dominant.device)
+    keep.scatter_(1, dominant, False)
+    remaining = torch.arange(num_tokens, device=dominant.device).expand(dominant.shape[0], -1)
+    return remaining[keep].view(dominant.shape[0], num_tokens - dominant.shape[1])
+
+
+def contextual_merge(
+    hidden: torch.Tensor,
+    metric: torch.Tensor,
+    dominant: torch.Tensor,
+    num_contextual: int,
+) -> ContextualMerge:
+    """Merge the non-dominant tokens into ``num_contextual`` contextual tokens.
+
+    Args:
+        hidden: ``(S, N, H)`` token states to merge.
+        metric: ``(S, N, d)`` similarity features (keys averaged over heads); they are
+            L2-normalised here.
+        dominant: long ``(S, D)`` dominant indices.
+        num_contextual: C, ``0 <= C <= N - D``.
+    """
+    num_segments, num_tokens, width = hidden.shape
+    remaining = remaining_indices(num_tokens, dominant)
+    num_remaining = remaining.shape[1]
+    if not 0 <= num_contextual <= num_remaining:
+        raise ValueError(f"num_contextual must be in [0, {num_remaining}], got {num_contextual}")
+    merged_into = torch.full((num_segments, num_tokens), -1, dtype=torch.long, device=hidden.device)
+    if num_contextual == 0:
+        empty = hidden.new_zeros(num_segments, 0, width)
+        return ContextualMerge(empty, remaining[:, :0], merged_into)
+
+    step = max(1, num_remaining // num_contextual)
+    target_slots = torch.arange(0, step * num_contextual, step, device=hidden.device)
+    is_target = torch.zeros(num_remaining, dtype=torch.bool, device=hidden.device)
+    is_target[target_slots] = True
+    targets = remaining[:, target_slots]
+    candidates = remaining[:, ~is_target]
+
+    metric = torch.nn.functional.normalize(metric.float(), dim=-1)
+    target_metric = metric.gather(1, targets[..., None].expand(-1, -1, metric.shape[-1]))
+    candidate_metric = metric.gather(1, candidates[..., None].expand(-1, -1, metric.shape[-1]))
+    assignment = (candidate_metric @ target_metric.transpose(1, 2)).argmax(dim=-1)  # (S, R - C)
+
+    candidate_hidden = hidden.gather(1, candidates[..., None].expand(-1, -1, width))
+    sums = hidden.new_zeros(num_segments, num_contextual, width, dtype=torch.float32)
+    sums.scatter_add_(1, assignment[..., None].expand(-1, -1, width), candidate_hidden.float())
+    counts = torch.zeros(num_segments, num_contextual, device=hidden.device)
+    counts.scatter_add_(1, assignment, torch.ones_like(assignment, dtype=counts.dtype))
+    means = sums / counts.clamp(min=1)[..., None]  # a target with nothing assigned adds 0
+    target_hidden = hidden.gather(1, targets[..., None].expand(-1, -1, width))
+    tokens = (target_hidden.float() + means).to(hidden.dtype)
+
+    merged_into.scatter_(1, targets, torch.arange(num_contextual, device=hidden.device).expand(num_segments, -1))
+    merged_into.scatter_(1, candidates, assignment)
+    return ContextualMerge(tokens, targets, merged_into)

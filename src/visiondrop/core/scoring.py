@@ -1,0 +1,93 @@
+"""Importance scores from recomputed attention (paper, "Progressive Dominant Token
+Selection", Eq. 2-4, and "Visual Query Selection").
+
+Scores are computed from query/key tensors the caller takes from the model's own
+projections, never from ``output_attentions``, so every attention backend works and
+eager and sdpa give the same scores.
+
+Shapes: queries ``(S, Hq, Nq, d)``, keys ``(S, Hk, L, d)`` with ``Hq`` a multiple of
+``Hk`` (grouped-query attention is handled by grouping query heads over key heads,
+without repeating keys). ``S`` is a batch of segments (one image each).
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def attention_probs(
+    queries: torch.Tensor,
+    keys: torch.Tensor,
+    scaling: float,
+    key_mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Softmax attention probabilities in float32, averaged over heads (Eq. 3).
+
+    Args:
+        queries: ``(S, Hq, Nq, d)``.
+        keys: ``(S, Hk, L, d)``; ``Hq % Hk == 0``.
+        scaling: logit scale, ``1 / sqrt(head_dim)`` for the models we support.
+        key_mask: optional bool ``(S, Nq, L)`` or ``(S, 1, L)``; False entries are
+            excluded from the softmax (causal and padding mask).
+
+    Returns:
+        ``(S, Nq, L)`` float32 probabilities, mean over query heads.
+    """
+    num_segments, q_heads, num_queries, head_dim = queries.shape
+    k_heads = keys.shape[1]
+    if q_heads % k_heads:
+        raise ValueError(f"query heads ({q_heads}) must be a multiple of key heads ({k_heads})")
+    grouped = queries.float().view(num_segments, k_heads, q_heads // k_heads, num_queries, head_dim)
+    logits = torch.einsum("skgqd,skld->skgql", grouped, keys.float()) * scaling
+    if key_mask is not None:
+        logits = logits.masked_fill(~key_mask[:, None, None], torch.finfo(logits.dtype).min)
+    return logits.softmax(dim=-1).mean(dim=(1, 2))
+
+
+def cls_attention_scores(queries: torch.Tensor, keys: torch.Tensor, scaling: float) -> torch.Tensor:
+    """Encoder stage with a [CLS] token: attention from CLS (token 0) to every token.
+
+    The release sums over heads; we average, which gives the same ranking.
+
+    Returns:
+        ``(S, N)`` scores over all encoder tokens, CLS included at index 0.
+    """
+    return attention_probs(queries[:, :, :1], keys, scaling)[:, 0]
+
+
+def received_attention_scores(queries: torch.Tensor, keys: torch.Tensor, scaling: float) -> torch.Tensor:
+    """Encoder stage without [CLS] (e.g. SigLIP): mean attention each token receives
+    from all visual queries (paper, "Visual Query Selection").
+
+    Returns:
+        ``(S, N)`` scores.
+    """
+    return attention_probs(queries, keys, scaling).mean(dim=1)
+
+
+def visual_query_scores(
+    queries: torch.Tensor,
+    keys: torch.Tensor,
+    scaling: float,
+    key_mask: torch.Tensor,
+    visual_columns: torch.Tensor,
+) -> torch.Tensor:
+    """LLM stage: visual-to-visual attention (Eq. 4).
+
+    Queries are the visual tokens only; keys are the whole sequence (system prompt,
+    visual and text tokens) under the causal and padding mask; the softmax runs over
+    all keys, then only the visual key columns are kept and averaged over the visual
+    queries. No text token is used as a query.
+
+    Args:
+        queries: ``(S, Hq, N, d)`` post-RoPE queries of the N visual tokens.
+        keys: ``(S, Hk, L, d)`` post-RoPE keys of the segment's whole row.
+        key_mask: bool ``(S, N, L)``, True where the visual query may attend.
+        visual_columns: long ``(S, N)``, the sequence index of each visual token.
+
+    Returns:
+        ``(S, N)`` float32 scores.
+    """
+    probs = attention_probs(queries, keys, scaling, key_mask)
+    visual = probs.gather(2, visual_columns[:, None, :].expand(-1, probs.shape[1], -1))
+    return visual.mean(dim=1)

@@ -1,0 +1,42 @@
+"""Registered pruning methods. Adding one is one new module that defines a
+:class:`~visiondrop.methods.base.PruningMethod` subclass decorated with
+:func:`register_method`, imported below."""
+
+from __future__ import annotations
+
+from .base import DecoderStage, EncoderStage, ModelGeometry, PruningMethod, Reduction
+
+_REGISTRY: dict[str, type[PruningMethod]] = {}
+
+
+def register_method(cls: type[PruningMethod]) -> type[PruningMethod]:
+    if cls.name in _REGISTRY:
+        raise ValueError(f"method {cls.name!r} is already registered")
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def get_method(name: str) -> type[PruningMethod]:
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise ValueError(f"unknown method {name!r}; available: {sorted(_REGISTRY)}") from None
+
+
+def available_methods() -> dict[str, str]:
+    """Method name -> one-line summary."""
+    return {name: cls.summary for name, cls in sorted(_REGISTRY.items())}
+
+
+from . import visiondrop as _visiondrop  # noqa: E402,F401  (registers itself)
+
+__all__ = [
+    "DecoderStage",
+    "EncoderStage",
+    "ModelGeometry",
+    "PruningMethod",
+    "Reduction",
+    "available_methods",
+    "get_method",
+    "register_method",
+]

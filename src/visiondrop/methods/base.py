@@ -1,0 +1,122 @@
+"""What a pruning method is: a typed config, a schedule, and one reduction rule per
+stage kind, composed from :mod:`visiondrop.core`.
+
+Adapters hand a method the tensors of one stage (:class:`EncoderStage`,
+:class:`DecoderStage`); the method returns a :class:`Reduction` and never touches
+the model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+
+from ..core.merging import ContextualMerge
+from ..schedule import Schedule, StageSpec
+
+
+@dataclass(frozen=True)
+class ModelGeometry:
+    """What a method needs to know about a model to plan, filled in by the adapter.
+
+    Attributes:
+        num_layers: decoder layers of the LM.
+        encoder_tokens: tokens per image in the vision encoder (577 for CLIP-L/336).
+        llm_tokens: visual tokens per image the unpruned model feeds the LLM (576).
+        has_cls: the encoder has a [CLS] token at index 0.
+    """
+
+    num_layers: int
+    encoder_tokens: int
+    llm_tokens: int
+    has_cls: bool
+
+
+@dataclass
+class EncoderStage:
+    """One vision-encoder stage for S images: ``hidden`` ``(S, N, H)`` are the features
+    the projector would see (CLS included when the encoder has one); ``queries`` and
+    ``keys`` ``(S, heads, N, d)`` come from the same encoder layer."""
+
+    hidden: torch.Tensor
+    queries: torch.Tensor
+    keys: torch.Tensor
+    scaling: float
+    has_cls: bool
+
+
+@dataclass
+class DecoderStage:
+    """One LLM stage for S segments (one image each) of N visual tokens.
+
+    Attributes:
+        hidden: ``(S, N, H)`` the visual tokens' hidden states (input of the layer).
+        keys: ``(S, Hk, L, d)`` post-RoPE keys of each segment's whole row, from the
+            pruning layer's own ``input_layernorm`` and ``k_proj``.
+        key_mask: bool ``(S, N, L)`` causal and padding mask for the visual queries.
+        visual_columns: long ``(S, N)`` sequence index of each visual token.
+        scaling: attention logit scale of the layer.
+        project_queries: ``columns (S, M) -> (S, Hq, M, d)`` post-RoPE queries of any
+            tokens of the row (text-guided methods ask for text positions).
+    """
+
+    hidden: torch.Tensor
+    keys: torch.Tensor
+    key_mask: torch.Tensor
+    visual_columns: torch.Tensor
+    scaling: float
+    project_queries: Callable[[torch.Tensor], torch.Tensor]
+
+    def visual_keys(self) -> torch.Tensor:
+        """``(S, N, d)`` the visual tokens' keys averaged over heads (merge metric)."""
+        index = self.visual_columns[:, None, :, None].expand(-1, self.keys.shape[1], -1, self.keys.shape[-1])
+        return self.keys.gather(2, index).mean(dim=1)
+
+
+@dataclass
+class Reduction:
+    """A stage's decision: ``dominant`` long ``(S, D)`` sorted local indices, and the
+    contextual merge (``merge.tokens`` ``(S, C, H)``)."""
+
+    dominant: torch.Tensor
+    merge: ContextualMerge
+
+
+class PruningMethod(ABC):
+    """Base class of registered methods. Subclasses set ``name``, ``summary`` and
+    ``Config`` (a dataclass) and implement :meth:`plan` and the reductions."""
+
+    name: ClassVar[str]
+    summary: ClassVar[str]
+    Config: ClassVar[type]
+
+    def __init__(self, config) -> None:
+        self.config = config
+
+    @classmethod
+    def from_options(cls, **options) -> PruningMethod:
+        fields = {f.name for f in dataclasses.fields(cls.Config)}
+        unknown = sorted(set(options) - fields)
+        if unknown:
+            raise ValueError(
+                f"unknown option(s) {unknown} for method {cls.name!r}; allowed: {sorted(fields)}"
+            )
+        return cls(cls.Config(**options))
+
+    @abstractmethod
+    def plan(self, geometry: ModelGeometry) -> Schedule:
+        """Validate the config against the model and return the schedule to run."""
+
+    def reduce_encoder(self, stage: EncoderStage, spec: StageSpec) -> Reduction:
+        raise NotImplementedError(f"{self.name} has no encoder stage")
+
+    def reduce_llm(self, stage: DecoderStage, spec: StageSpec) -> Reduction:
+        raise NotImplementedError(f"{self.name} has no LLM stage")
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.config})"

@@ -1,0 +1,142 @@
+"""VisionDrop (Xu et al., AAAI 2026): visual-only, progressive, with contextual merging.
+
+- Scores: encoder stage, attention from [CLS] to every patch (no CLS: mean attention
+  received from all visual tokens); LLM stages, attention from the visual tokens
+  only to the visual keys, softmax over the whole sequence (paper Eq. 2-4).
+- Where: at the vision encoder's feature layer, and before decoder layers at 1/4,
+  1/2, 3/4 of the depth (8, 16, 24 for 32 layers).
+- Budget: B = visual tokens averaged over decoder layers; 1.5 x B enter the LLM and
+  decay geometrically (see :mod:`visiondrop.schedule`).
+- Every stage keeps D dominant tokens and merges the rest into C contextual tokens.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..core.merging import contextual_merge
+from ..core.scoring import cls_attention_scores, received_attention_scores, visual_query_scores
+from ..core.selection import select_dominant
+from ..schedule import Schedule, StageSpec, schedule_from_budget
+from . import register_method
+from .base import DecoderStage, EncoderStage, ModelGeometry, PruningMethod, Reduction
+
+POSITION_POLICIES = ("reindex", "keep")
+ENCODER_SCORES = ("auto", "cls", "received")
+
+
+@dataclass
+class VisionDropConfig:
+    """Options of :class:`VisionDrop`.
+
+    Attributes:
+        budget: visual tokens averaged over decoder layers (exclusive with ``schedule``).
+        schedule: an explicit :class:`~visiondrop.schedule.Schedule` instead of a budget.
+        positions: "reindex" (release: positions renumbered 0..len-1 after each stage
+            and shifted in decode) or "keep" (each kept token keeps its original RoPE
+            position; a contextual token takes its target's).
+        keep_cls: pass the encoder's [CLS] state on as a dominant token (release quirk
+            inherited from VisionZip). False: CLS only scores, patches fill the budget.
+        encoder_score: "cls", "received" (mean attention received, for encoders
+            without CLS), or "auto" (cls when the encoder has one).
+        contextual_ratio: share of each stage's tokens that are contextual (ceil);
+            1/8 reproduces the released preset.
+        entry_factor: tokens entering the LLM = entry_factor x budget (1.5 images).
+    """
+
+    budget: int | None = None
+    schedule: Schedule | None = None
+    positions: str = "reindex"
+    keep_cls: bool = True
+    encoder_score: str = "auto"
+    contextual_ratio: float = 1 / 8
+    entry_factor: float = 1.5
+
+
+@register_method
+class VisionDrop(PruningMethod):
+    name = "visiondrop"
+    summary = "visual-only scores, pruning in the encoder and after LLM layers 1/4, 1/2, 3/4, contextual merging"
+    Config = VisionDropConfig
+
+    def plan(self, geometry: ModelGeometry) -> Schedule:
+        cfg = self.config
+        if cfg.positions not in POSITION_POLICIES:
+            raise ValueError(f"positions must be one of {POSITION_POLICIES}, got {cfg.positions!r}")
+        if cfg.encoder_score not in ENCODER_SCORES:
+            raise ValueError(f"encoder_score must be one of {ENCODER_SCORES}, got {cfg.encoder_score!r}")
+        if cfg.encoder_score == "cls" and not geometry.has_cls:
+            raise ValueError("encoder_score='cls' needs an encoder with a [CLS] token; this one has none "
+                             "(use 'received' or 'auto')")
+        if not 0 <= cfg.contextual_ratio < 1:
+            raise ValueError(f"contextual_ratio must be in [0, 1), got {cfg.contextual_ratio}")
+        if (cfg.budget is None) == (cfg.schedule is None):
+            raise ValueError("give exactly one of budget=... or schedule=...")
+        encoder_available = geometry.encoder_tokens - (1 if geometry.has_cls and not cfg.keep_cls else 0)
+        if cfg.budget is not None:
+            if isinstance(cfg.budget, bool) or not isinstance(cfg.budget, int):
+                raise ValueError(f"budget must be an int, got {cfg.budget!r}")
+            if not 1 <= cfg.budget <= geometry.llm_tokens:
+                raise ValueError(
+                    f"budget must be in [1, {geometry.llm_tokens}] (visual tokens per image of this model), "
+                    f"got {cfg.budget}"
+                )
+            schedule = schedule_from_budget(
+                cfg.budget,
+                geometry.num_layers,
+                encoder_available,
+                entry_factor=cfg.entry_factor,
+                contextual_ratio=cfg.contextual_ratio,
+            )
+        else:
+            schedule = cfg.schedule
+            if not isinstance(schedule, Schedule):
+                raise ValueError(f"schedule must be a visiondrop.Schedule, got {type(schedule).__name__}")
+        return self._validated(schedule, geometry, encoder_available)
+
+    def _validated(self, schedule: Schedule, geometry: ModelGeometry, encoder_available: int) -> Schedule:
+        layers = schedule.resolved_layers(geometry.num_layers)
+        previous = geometry.llm_tokens
+        if schedule.encoder is not None:
+            enc = schedule.encoder
+            if enc.dominant > encoder_available:
+                raise ValueError(f"schedule.encoder dominant = {enc.dominant} exceeds the {encoder_available} "
+                                 "encoder tokens available")
+            if enc.contextual > encoder_available - enc.dominant:
+                raise ValueError(f"schedule.encoder contextual = {enc.contextual} exceeds the "
+                                 f"{encoder_available - enc.dominant} tokens left after {enc.dominant} dominant")
+            previous = enc.total
+        for i, stage in enumerate(schedule.llm):
+            if stage.dominant > previous:
+                raise ValueError(f"schedule.llm[{i}] dominant = {stage.dominant} exceeds the {previous} "
+                                 "visual tokens entering that stage")
+            if stage.contextual > previous - stage.dominant:
+                raise ValueError(f"schedule.llm[{i}] contextual = {stage.contextual} exceeds the "
+                                 f"{previous - stage.dominant} tokens left after {stage.dominant} dominant")
+            previous = stage.total
+        return Schedule(encoder=schedule.encoder, llm=schedule.llm, layers=layers)
+
+    def reduce_encoder(self, stage: EncoderStage, spec: StageSpec) -> Reduction:
+        cfg = self.config
+        use_cls = cfg.encoder_score == "cls" or (cfg.encoder_score == "auto" and stage.has_cls)
+        score_fn = cls_attention_scores if use_cls else received_attention_scores
+        scores = score_fn(stage.queries, stage.keys, stage.scaling)
+        metric = stage.keys.mean(dim=1)
+        if stage.has_cls and not cfg.keep_cls:
+            # CLS only scores: select and merge among the patches, then re-offset.
+            dominant = select_dominant(scores[:, 1:], spec.dominant) + 1
+            merge = contextual_merge(stage.hidden[:, 1:], metric[:, 1:], dominant - 1, spec.contextual)
+            merge.targets += 1
+            merge.merged_into = torch.cat([merge.merged_into.new_full((merge.merged_into.shape[0], 1), -1),
+                                           merge.merged_into], dim=1)
+            return Reduction(dominant, merge)
+        dominant = select_dominant(scores, spec.dominant, always_keep=0 if stage.has_cls else None)
+        return Reduction(dominant, contextual_merge(stage.hidden, metric, dominant, spec.contextual))
+
+    def reduce_llm(self, stage: DecoderStage, spec: StageSpec) -> Reduction:
+        queries = stage.project_queries(stage.visual_columns)
+        scores = visual_query_scores(queries, stage.keys, stage.scaling, stage.key_mask, stage.visual_columns)
+        dominant = select_dominant(scores, spec.dominant)
+        return Reduction(dominant, contextual_merge(stage.hidden, stage.visual_keys(), dominant, spec.contextual))

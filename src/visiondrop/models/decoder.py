@@ -1,0 +1,278 @@
+"""Pruning inside a Llama-family decoder stack with forward pre-hooks only.
+
+The decoder loop (``LlamaModel.forward``) builds one causal mask and one RoPE table
+and hands them to every layer. Once a stage shortens the sequence, every later
+layer needs a mask, RoPE table and position ids of the new length; pre-hooks
+registered on each layer of this one model replace them (see
+docs/transformers-notes in shared/notes: "What breaks when the sequence shortens").
+
+State lives in a :class:`Session`: one prefill and the decode steps that follow it.
+In decode each stage's layers see a cache shorter than layer 0's, so their mask is
+rebuilt from the stage's 2-D padding mask plus the new tokens' columns, sized
+against that stage's own cache layer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from transformers.masking_utils import create_causal_mask
+
+from ..core.layout import Segment, plan_compaction
+from ..methods.base import DecoderStage, PruningMethod
+from ..report import PruningReport, SegmentRecord, StageRecord
+from ..schedule import Schedule
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Llama-family rotary embedding; ``x`` ``(S, H, M, d)``, ``cos``/``sin`` ``(S, M, d)``."""
+    cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
+    return (x * cos) + (rotate_half(x) * sin)
+
+
+def reindexed_positions(mask: torch.Tensor) -> torch.Tensor:
+    """Positions 0..n-1 over each row's real tokens, padding at 0 (``generate()``'s rule)."""
+    positions = mask.long().cumsum(-1) - 1
+    return positions.masked_fill(mask == 0, 0)
+
+
+@dataclass
+class Layout:
+    """The visual layout of the current prefill sequence."""
+
+    mask: torch.Tensor  # (B, L) 2-D padding mask, 1 = real token
+    positions: torch.Tensor  # (B, L) position ids
+    segments: tuple[Segment, ...]
+    images: tuple[int, ...]  # image index of each segment
+    patches: torch.Tensor  # (S, n) patch id of every visual token of each segment
+
+    def row_counts(self, batch_size: int) -> torch.Tensor:
+        counts = torch.zeros(batch_size, dtype=torch.long)
+        for segment in self.segments:
+            counts[segment.row] += segment.length
+        return counts
+
+
+@dataclass
+class StageState:
+    mask: torch.Tensor  # (B, L_k) 2-D padding mask after this stage (prefill part)
+    shift: torch.Tensor  # (B, 1) real tokens removed by LLM stages up to this one
+
+
+@dataclass
+class Session:
+    """One pruned prefill and its decode steps."""
+
+    batch_size: int
+    original_length: int  # prompt length as the caller sees it
+    entry_mask: torch.Tensor  # (B, L1) 2-D mask of the sequence entering the LM
+    entry_shift: torch.Tensor  # (B, 1) real tokens removed before the LM (encoder stage)
+    pad_side: str
+    report: PruningReport
+    layout: Layout | None = None
+    stages: dict[int, StageState] = field(default_factory=dict)
+    overrides: dict | None = None
+    decoding: bool = False
+    tail_mask: torch.Tensor | None = None  # (B, t) mask columns after the prompt
+    decode_positions: torch.Tensor | None = None  # (B, q) LM-entry positions in decode
+    cache_length: int = 0  # what layer 0's cache should hold
+
+
+class DecoderPruner:
+    """LLM-side stages of one method on one decoder stack (``LlamaModel``-like:
+    ``layers``, ``rotary_emb``, ``config``; layers with ``input_layernorm`` and
+    ``self_attn.{q,k}_proj``)."""
+
+    def __init__(self, language_model: nn.Module, method: PruningMethod, schedule: Schedule, positions: str):
+        self.lm = language_model
+        self.method = method
+        self.positions = positions
+        self.stage_specs = dict(zip(schedule.layers or (), schedule.llm))
+        self.first_stage = min(self.stage_specs) if self.stage_specs else None
+        self.num_layers = len(language_model.layers)
+        self.session: Session | None = None
+
+    def register(self) -> list[torch.utils.hooks.RemovableHandle]:
+        handles = [self.lm.register_forward_pre_hook(self._lm_pre_hook, with_kwargs=True)]
+        for index, layer in enumerate(self.lm.layers):
+            handles.append(layer.register_forward_pre_hook(self._make_layer_hook(index), with_kwargs=True))
+        return handles
+
+    # ------------------------------------------------------------------ entry
+    def start_prefill(self, session: Session, segments: Sequence[Segment], images: Sequence[int],
+                      entry_positions: torch.Tensor, original_positions: torch.Tensor,
+                      original_starts: Sequence[int], entry_patches) -> None:
+        """Called by the adapter before the LM runs a pruned prompt.
+
+        Args:
+            segments, images: visual segments at LM entry and their image indices.
+            entry_positions: ``(B, L1)`` the caller's positions gathered to LM entry.
+            original_positions: ``(B, L0)`` the caller's positions before any pruning.
+            original_starts: where each segment started before the encoder stage.
+            entry_patches: ``() -> (patches (S, n), offset)``: patch ids of the
+                segments' tokens, and the index of patch 0 in an unpruned segment.
+                Called when the LM starts, after the vision encoder has run.
+        """
+        session.layout = Layout(session.entry_mask, entry_positions, tuple(segments), tuple(images),
+                                torch.empty(0, dtype=torch.long))
+        self._entry = (original_positions, list(original_starts), entry_patches)
+        self.session = session
+
+    def _finish_entry(self, layout: Layout) -> None:
+        original_positions, original_starts, entry_patches = self._entry
+        patches, offset = entry_patches()
+        layout.patches = patches
+        if self.positions == "reindex":
+            layout.positions = reindexed_positions(layout.mask)
+            return
+        # "keep": a visual token takes the original position of its patch.
+        for segment, patch_row, original_start in zip(layout.segments, patches, original_starts):
+            source = original_start + (patch_row.to(original_positions.device) + offset).clamp(min=0)
+            layout.positions[segment.row, segment.start : segment.start + segment.length] = original_positions[
+                segment.row, source
+            ]
+
+    def _lm_pre_hook(self, module, args, kwargs):
+        session = self.session
+        if session is None:
+            return None
+        if session.decoding:
+            kwargs["position_ids"] = session.decode_positions
+            return args, kwargs
+        self._finish_entry(session.layout)
+        kwargs["attention_mask"] = session.entry_mask
+        kwargs["position_ids"] = session.layout.positions
+        return args, kwargs
+
+    # ----------------------------------------------------------------- layers
+    def _make_layer_hook(self, index: int):
+        def hook(module, args, kwargs):
+            session = self.session
+            if session is None:
+                return None
+            if session.decoding:
+                return self._decode_layer(index, args, kwargs)
+            return self._prefill_layer(index, module, args, kwargs)
+
+        return hook
+
+    def _prefill_layer(self, index: int, layer: nn.Module, args, kwargs):
+        session = self.session
+        hidden = args[0] if args else kwargs["hidden_states"]
+        if index in self.stage_specs and session.layout.segments:
+            hidden = self._prune(index, layer, hidden, kwargs)
+            args = (hidden, *args[1:]) if args else args
+            if not args:
+                kwargs["hidden_states"] = hidden
+        session.report.layer_visual_tokens[:, index] = session.layout.row_counts(session.batch_size)
+        if session.overrides is not None:
+            kwargs.update(session.overrides)
+        return args, kwargs
+
+    def _prune(self, index: int, layer: nn.Module, hidden: torch.Tensor, kwargs) -> torch.Tensor:
+        session, layout, spec = self.session, self.session.layout, self.stage_specs[index]
+        batch, length, _ = hidden.shape
+        device = hidden.device
+        rows = torch.tensor([s.row for s in layout.segments], device=device)
+        starts = torch.tensor([s.start for s in layout.segments], device=device)
+        num_visual = layout.segments[0].length
+        columns = starts[:, None] + torch.arange(num_visual, device=device)
+
+        attn = layer.self_attn
+        head_dim = attn.head_dim
+        cos, sin = session.overrides["position_embeddings"] if session.overrides else kwargs["position_embeddings"]
+        normed = layer.input_layernorm(hidden)
+        keys = attn.k_proj(normed).view(batch, length, -1, head_dim).transpose(1, 2)
+        keys = apply_rope(keys, cos, sin)
+
+        def project_queries(cols: torch.Tensor) -> torch.Tensor:
+            picked = normed[rows[:, None], cols]
+            queries = attn.q_proj(picked).view(*cols.shape, -1, head_dim).transpose(1, 2)
+            return apply_rope(queries, cos[rows[:, None], cols], sin[rows[:, None], cols])
+
+        causal = torch.arange(length, device=device)[None, None, :] <= columns[:, :, None]
+        key_mask = causal & layout.mask[rows].bool()[:, None, :]
+        stage = DecoderStage(
+            hidden=hidden[rows[:, None], columns],
+            keys=keys[rows],
+            key_mask=key_mask,
+            visual_columns=columns,
+            scaling=attn.scaling,
+            project_queries=project_queries,
+        )
+        reduction = self.method.reduce_llm(stage, spec)
+        merge = reduction.merge
+
+        plan = plan_compaction(batch, length, layout.segments, spec.dominant, spec.contextual, session.pad_side)
+        source = plan.resolve(reduction.dominant)
+        new_hidden = plan.gather(source, hidden, merge.tokens)
+        ones = layout.mask.new_ones(len(layout.segments), spec.contextual)
+        new_mask = plan.gather(source, layout.mask, ones, fill=0)
+        if self.positions == "keep":
+            target_positions = layout.positions[rows[:, None], columns.gather(1, merge.targets)]
+            new_positions = plan.gather(source, layout.positions, target_positions, fill=0)
+        else:
+            new_positions = reindexed_positions(new_mask)
+        new_patches = torch.cat([layout.patches.gather(1, reduction.dominant),
+                                 layout.patches.gather(1, merge.targets)], dim=1)
+
+        record = StageRecord("llm", index, num_visual, spec.dominant, spec.contextual)
+        for i, segment in enumerate(layout.segments):
+            record.segments.append(SegmentRecord(
+                row=segment.row, image=layout.images[i], dominant=reduction.dominant[i],
+                targets=merge.targets[i], merged_into=merge.merged_into[i],
+                input_patches=layout.patches[i], output_patches=new_patches[i]))
+        session.report.stages.append(record)
+
+        previous_shift = session.stages[max(session.stages)].shift if session.stages else torch.zeros(
+            batch, 1, dtype=torch.long, device=device)
+        removed = torch.tensor(plan.removed_per_row, device=device)[:, None]
+        session.stages[index] = StageState(mask=new_mask, shift=previous_shift + removed)
+        session.layout = Layout(new_mask, new_positions, plan.new_segments, layout.images, new_patches)
+        session.overrides = self._layer_kwargs(new_hidden, new_mask, new_positions, kwargs, index)
+        return new_hidden
+
+    def _layer_kwargs(self, hidden, mask_2d, positions, kwargs, index: int) -> dict:
+        cos_sin = self.lm.rotary_emb(hidden, position_ids=positions)
+        # position_ids=None: with gapped positions create_causal_mask would take the
+        # batch for packed sequences. layer_idx: size against this stage's cache.
+        mask = create_causal_mask(
+            config=self.lm.config,
+            inputs_embeds=hidden,
+            attention_mask=mask_2d,
+            past_key_values=kwargs.get("past_key_values"),
+            position_ids=None,
+            layer_idx=index,
+        )
+        return {"attention_mask": mask, "position_embeddings": cos_sin, "position_ids": positions}
+
+    # ----------------------------------------------------------------- decode
+    def start_decode(self, tail_mask: torch.Tensor, positions: torch.Tensor, query_length: int) -> None:
+        session = self.session
+        session.decoding = True
+        session.tail_mask = tail_mask
+        session.decode_positions = positions
+        session.overrides = None
+        session.cache_length += query_length
+
+    def _decode_layer(self, index: int, args, kwargs):
+        session = self.session
+        if index in session.stages:
+            hidden = args[0] if args else kwargs["hidden_states"]
+            stage = session.stages[index]
+            mask_2d = torch.cat([stage.mask, session.tail_mask.to(stage.mask.dtype)], dim=1)
+            positions = session.decode_positions
+            if self.positions == "reindex":
+                positions = positions - stage.shift
+            session.overrides = self._layer_kwargs(hidden, mask_2d, positions, kwargs, index)
+        if session.overrides is not None:
+            kwargs.update(session.overrides)
+        return args, kwargs

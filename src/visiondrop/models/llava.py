@@ -1,0 +1,289 @@
+"""LLaVA-1.5 (``LlavaForConditionalGeneration``): CLIP or SigLIP tower, MLP projector,
+Llama-family LM.
+
+Hooks, all on this model instance:
+- the encoder layer whose output LLaVA feeds the projector (``vision_feature_layer``):
+  its ``q_proj``/``k_proj`` outputs (scores, merge keys) and its output (features);
+- the projector's input: replaced by the encoder stage's D + C tokens;
+- ``LlavaModel.forward`` (pre-hook): each image's placeholder run shrinks to D + C
+  tokens so that transformers' own ``masked_scatter`` places the reduced features;
+  in decode, the caller's full-length attention mask is mapped to the shorter one;
+- the LM and its decoder layers: :class:`~visiondrop.models.decoder.DecoderPruner`.
+
+Visual positions always come from ``input_ids`` (transformers 5.23 may encode images
+before prefill and never pass ``pixel_values`` to the forward).
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import torch
+
+from ..core.layout import Segment, plan_compaction
+from ..methods.base import EncoderStage, ModelGeometry, PruningMethod
+from ..report import PruningReport, SegmentRecord, StageRecord
+from ..schedule import Schedule
+from .base import ModelAdapter
+from .decoder import DecoderPruner, Session, reindexed_positions
+
+SUPPORTED_TOWERS = ("CLIPVisionModel", "SiglipVisionModel")
+
+
+def find_segments(image_mask: torch.Tensor, tokens_per_image: int) -> list[Segment]:
+    """Placeholder runs of ``image_mask`` ``(B, L)``, one :class:`Segment` per image."""
+    segments = []
+    mask = image_mask.cpu()
+    for row in range(mask.shape[0]):
+        flags = mask[row].tolist()
+        col = 0
+        while col < len(flags):
+            if not flags[col]:
+                col += 1
+                continue
+            end = col
+            while end < len(flags) and flags[end]:
+                end += 1
+            run = end - col
+            if run % tokens_per_image:
+                raise ValueError(f"input_ids: row {row} has a run of {run} image tokens, not a multiple of the "
+                                 f"{tokens_per_image} tokens per image this model uses")
+            segments.extend(Segment(row, start, tokens_per_image) for start in range(col, end, tokens_per_image))
+            col = end
+    return segments
+
+
+class LlavaAdapter(ModelAdapter):
+    model_classes = ("LlavaForConditionalGeneration",)
+
+    def __init__(self, model) -> None:
+        super().__init__(model)
+        config = model.config
+        self.base = model.model
+        self.tower = self.base.vision_tower
+        tower_name = type(self.tower).__name__
+        if tower_name not in SUPPORTED_TOWERS:
+            raise ValueError(f"model: vision tower {tower_name} is not supported; supported: {SUPPORTED_TOWERS}")
+        layer = config.vision_feature_layer
+        if not isinstance(layer, int):
+            raise ValueError(f"model: vision_feature_layer={layer!r} (several layers) is not supported")
+        self.strategy = config.vision_feature_select_strategy
+        if self.strategy not in ("default", "full"):
+            raise ValueError(f"model: vision_feature_select_strategy={self.strategy!r} is not supported")
+        encoder = self.tower.vision_model.encoder if hasattr(self.tower, "vision_model") else self.tower.encoder
+        embeddings = self.tower.vision_model.embeddings if hasattr(self.tower, "vision_model") else self.tower.embeddings
+        num_layers = len(encoder.layers)
+        hidden_index = layer % (num_layers + 1)
+        if hidden_index == 0:
+            raise ValueError("model: vision_feature_layer selects the patch embeddings; no attention to score with")
+        self.feature_layer = encoder.layers[hidden_index - 1]
+        self.has_cls = hasattr(embeddings, "class_embedding")
+        if self.strategy == "default" and not self.has_cls:
+            raise ValueError("model: strategy 'default' drops a [CLS] token this encoder does not have")
+        vision = config.vision_config
+        self.num_patches = (vision.image_size // vision.patch_size) ** 2
+        self.encoder_tokens = self.num_patches + int(self.has_cls)
+        self.llm_tokens = self.encoder_tokens - (1 if self.strategy == "default" else 0)
+        # index of patch 0 inside an unpruned LLM segment ("full" keeps CLS first)
+        self.patch_offset = 1 if (self.has_cls and self.strategy == "full") else 0
+        self.image_token_id = config.image_token_id
+        self.pad_token_id = config.text_config.pad_token_id or 0
+        self.language_model = self.base.language_model
+        self._forward_params = list(inspect.signature(self.base.forward).parameters)
+        self._stash: dict = {}
+        self._pending: list[torch.Tensor] | None = None  # encoder patch ids awaiting the LM
+        self.pruner: DecoderPruner | None = None
+
+    def geometry(self) -> ModelGeometry:
+        return ModelGeometry(
+            num_layers=len(self.language_model.layers),
+            encoder_tokens=self.encoder_tokens,
+            llm_tokens=self.llm_tokens,
+            has_cls=self.has_cls,
+        )
+
+    def install(self, method: PruningMethod, schedule: Schedule, positions: str) -> list:
+        self.method, self.schedule = method, schedule
+        self.pruner = DecoderPruner(self.language_model, method, schedule, positions)
+        handles = [
+            self.model.register_forward_pre_hook(self._reject_labels, with_kwargs=True),
+            self.base.register_forward_pre_hook(self._model_pre_hook, with_kwargs=True),
+        ]
+        if schedule.encoder is not None:
+            attention = self.feature_layer.self_attn
+            handles += [
+                attention.q_proj.register_forward_hook(self._stash_output("queries")),
+                attention.k_proj.register_forward_hook(self._stash_output("keys")),
+                self.feature_layer.register_forward_hook(self._stash_output("hidden")),
+                self.base.multi_modal_projector.register_forward_pre_hook(self._projector_pre_hook),
+            ]
+        handles += self.pruner.register()
+        return handles
+
+    def reset(self) -> None:
+        self._stash.clear()
+        self._pending = None
+        if self.pruner is not None:
+            self.pruner.session = None
+
+    # --------------------------------------------------------------- encoder
+    def _stash_output(self, key: str):
+        def hook(module, args, output):
+            self._stash[key] = output
+
+        return hook
+
+    def _projector_pre_hook(self, module, args):
+        features = args[0]
+        hidden, queries, keys = (self._stash.pop(k, None) for k in ("hidden", "queries", "keys"))
+        if hidden is None or hidden.shape[0] != features.shape[0]:
+            raise RuntimeError("visiondrop: the projector ran without a matching vision-encoder pass")
+        spec = self.schedule.encoder
+        attention = self.feature_layer.self_attn
+        heads = attention.num_heads
+        n_images, n_tokens, width = hidden.shape
+
+        def per_head(x):
+            return x.view(n_images, n_tokens, heads, -1).transpose(1, 2)
+
+        stage = EncoderStage(hidden=hidden, queries=per_head(queries), keys=per_head(keys),
+                             scaling=attention.scale, has_cls=self.has_cls)
+        reduction = self.method.reduce_encoder(stage, spec)
+        kept = hidden.gather(1, reduction.dominant[..., None].expand(-1, -1, width))
+        reduced = torch.cat([kept, reduction.merge.tokens.to(kept.dtype)], dim=1)
+
+        encoder_patches = torch.arange(n_tokens, device=hidden.device) - int(self.has_cls)
+        encoder_patches = encoder_patches.expand(n_images, -1)
+        out_patches = torch.cat([encoder_patches.gather(1, reduction.dominant),
+                                 encoder_patches.gather(1, reduction.merge.targets)], dim=1)
+        self._pending = out_patches
+        self._pending_record = StageRecord("encoder", None, n_tokens, spec.dominant, spec.contextual)
+        self._pending_record.segments = [
+            SegmentRecord(row=-1, image=i, dominant=reduction.dominant[i], targets=reduction.merge.targets[i],
+                          merged_into=reduction.merge.merged_into[i], input_patches=encoder_patches[i],
+                          output_patches=out_patches[i])
+            for i in range(n_images)
+        ]
+        return (reduced.to(features.dtype),)
+
+    # ----------------------------------------------------------------- model
+    def _reject_labels(self, module, args, kwargs):
+        if kwargs.get("labels") is not None:
+            raise ValueError("labels: a pruned forward returns fewer logits than input positions; compute the "
+                             "loss yourself from handle.report, or remove the handle")
+        return None
+
+    def _model_pre_hook(self, module, args, kwargs):
+        if args:  # bind positional arguments so they can be rewritten
+            kwargs.update(zip(self._forward_params, args))
+            args = ()
+        cache = kwargs.get("past_key_values")
+        if cache is not None and cache.get_seq_length() > 0:
+            return self._decode_step(kwargs, cache)
+        return self._prefill(kwargs, cache)
+
+    def _prefill(self, kwargs, cache):
+        pruner = self.pruner
+        pruner.session = None
+        input_ids = kwargs.get("input_ids")
+        has_pixels = kwargs.get("pixel_values") is not None or bool(kwargs.get("mm_encoder_outputs"))
+        if input_ids is None:
+            if has_pixels:
+                raise ValueError("input_ids: visiondrop locates image tokens from input_ids; "
+                                 "passing inputs_embeds with images is not supported")
+            return (), kwargs
+        segments = find_segments(input_ids == self.image_token_id, self.llm_tokens)
+        batch, length = input_ids.shape
+        self.report = PruningReport(batch, len(self.language_model.layers))
+        if not segments:
+            self._pending = None
+            return (), kwargs
+        if cache is not None and cache.get_seq_length() > 0:
+            raise ValueError("past_key_values: pruning a prompt that continues a non-empty cache is not supported")
+
+        device = input_ids.device
+        mask = kwargs.get("attention_mask")
+        mask = torch.ones_like(input_ids) if mask is None else mask
+        if mask.ndim != 2:
+            raise ValueError("attention_mask: visiondrop needs the 2-D padding mask, not a prepared 4-D mask")
+        pad_side = "right" if bool((mask[:, -1] == 0).any()) else "left"
+        original_positions = kwargs.get("position_ids")
+        if original_positions is None:
+            original_positions = reindexed_positions(mask)
+
+        kept = self.schedule.encoder.total if self.schedule.encoder is not None else self.llm_tokens
+        plan = plan_compaction(batch, length, segments, kept, 0, pad_side)
+        source = plan.resolve(torch.arange(kept, device=device).expand(len(segments), -1))
+        entry_ids = plan.gather(source, input_ids, fill=self.pad_token_id)
+        entry_mask = plan.gather(source, mask, fill=0)
+        entry_positions = plan.gather(source, original_positions, fill=0)
+        kwargs["input_ids"] = entry_ids
+        kwargs["attention_mask"] = entry_mask
+        kwargs.pop("position_ids", None)  # set at LM entry by the pruner
+
+        session = Session(
+            batch_size=batch,
+            original_length=length,
+            entry_mask=entry_mask,
+            entry_shift=torch.tensor(plan.removed_per_row, device=device)[:, None],
+            pad_side=pad_side,
+            report=self.report,
+            cache_length=plan.new_length,
+        )
+        pruner.start_prefill(session, plan.new_segments, range(len(segments)), entry_positions,
+                             original_positions, [s.start for s in segments],
+                             lambda: self._entry_patches(len(segments), device))
+        return (), kwargs
+
+    def _entry_patches(self, num_images: int, device) -> tuple[torch.Tensor, int]:
+        """Patch ids of each image's tokens at LM entry; adds the encoder record."""
+        if self.schedule.encoder is None:
+            patches = torch.arange(self.llm_tokens, device=device) - self.patch_offset
+            return patches.expand(num_images, -1), self.patch_offset
+        pending, self._pending = self._pending, None
+        if pending is None or pending.shape[0] != num_images:
+            raise RuntimeError(f"visiondrop: {num_images} images in input_ids but the encoder stage saw "
+                               f"{0 if pending is None else pending.shape[0]} (beam search is not supported)")
+        record = self._pending_record
+        for segment, seg_record in zip(self.pruner.session.layout.segments, record.segments):
+            seg_record.row = segment.row
+        self.report.stages.insert(0, record)
+        return pending.to(device), self.patch_offset
+
+    def _decode_step(self, kwargs, cache):
+        pruner = self.pruner
+        session = pruner.session
+        if session is None:
+            return (), kwargs
+        if cache.get_seq_length() != session.cache_length:
+            raise RuntimeError("past_key_values: this cache does not continue the last pruned prefill "
+                               f"(layer 0 holds {cache.get_seq_length()} tokens, expected {session.cache_length})")
+        input_ids = kwargs.get("input_ids")
+        embeds = kwargs.get("inputs_embeds")
+        batch, query = (input_ids if input_ids is not None else embeds).shape[:2]
+        if input_ids is not None and bool((input_ids == self.image_token_id).any()):
+            raise ValueError("input_ids: image tokens after a pruned prefill are not supported")
+        mask = kwargs.get("attention_mask")
+        generated = session.cache_length - session.entry_mask.shape[1] + query
+        if mask is None:
+            tail = torch.ones(batch, generated, dtype=session.entry_mask.dtype, device=session.entry_mask.device)
+            full_positions = None
+        else:
+            if mask.shape[1] != session.original_length + generated:
+                raise ValueError(f"attention_mask: expected {session.original_length + generated} columns "
+                                 f"(the prompt as given plus generated tokens), got {mask.shape[1]}")
+            tail = mask[:, session.original_length:]
+            full_positions = reindexed_positions(mask)[:, -query:]
+        positions = kwargs.get("position_ids")
+        if positions is None:
+            if full_positions is None:
+                # generate()'s rule: real tokens seen so far, counted on the caller's side
+                seen = session.entry_mask.long().sum(1, keepdim=True) + session.entry_shift
+                full_positions = seen + (generated - query) + torch.arange(query, device=seen.device)
+            positions = full_positions
+        if pruner.positions == "reindex":
+            positions = positions - session.entry_shift
+        kwargs["attention_mask"] = torch.cat([session.entry_mask, tail.to(session.entry_mask.dtype)], dim=1)
+        kwargs.pop("position_ids", None)
+        pruner.start_decode(tail, positions, query)
+        return (), kwargs

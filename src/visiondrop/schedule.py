@@ -1,0 +1,185 @@
+"""Pruning schedules: how many visual tokens each stage keeps, and where.
+
+A *budget* B is the number of visual tokens averaged over the LLM's decoder layers
+(the paper's "Retain B tokens" convention; see docs/design.md). VisionDrop turns a
+budget into a schedule by the paper's rule (Implementation Details): ``1.5 x B``
+tokens enter the LLM, later stages shrink them geometrically so that the layer
+average is B. Each stage's count is split into dominant and contextual tokens with
+``C = ceil(n * contextual_ratio)``; the default ratio 1/8 reproduces the released
+preset for B = 32 on a 32-layer LM exactly: encoder (42, 6), then (30, 5), (22, 4),
+(16, 3) after layers 8, 16, 24.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+DEFAULT_STAGE_FRACTIONS = (0.25, 0.5, 0.75)
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    """Tokens kept by one pruning stage: ``dominant`` selected + ``contextual`` merged."""
+
+    dominant: int
+    contextual: int = 0
+
+    @property
+    def total(self) -> int:
+        return self.dominant + self.contextual
+
+    def __str__(self) -> str:
+        return f"{self.dominant}+{self.contextual}"
+
+
+def _as_stage(value: StageSpec | Sequence[int] | int, name: str) -> StageSpec:
+    if isinstance(value, StageSpec):
+        spec = value
+    elif isinstance(value, int):
+        spec = StageSpec(value, 0)
+    else:
+        items = tuple(value)
+        if len(items) != 2:
+            raise ValueError(f"{name} must be (dominant, contextual), got {value!r}")
+        spec = StageSpec(int(items[0]), int(items[1]))
+    if spec.dominant < 1:
+        raise ValueError(f"{name}: dominant must be >= 1, got {spec.dominant}")
+    if spec.contextual < 0:
+        raise ValueError(f"{name}: contextual must be >= 0, got {spec.contextual}")
+    return spec
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """An explicit schedule.
+
+    Attributes:
+        encoder: (dominant, contextual) kept by the vision-encoder stage, or None for
+            no encoder stage. With a [CLS] encoder, ``dominant`` counts the CLS.
+        llm: (dominant, contextual) kept by each LLM stage, in order.
+        layers: the decoder layer indices *before* which each LLM stage prunes
+            (pruning "after layer 8" of the paper means on the input of layer index 8,
+            counting from 0). None: 1/4, 1/2, 3/4 of the LM's depth.
+    """
+
+    encoder: StageSpec | None = None
+    llm: tuple[StageSpec, ...] = ()
+    layers: tuple[int, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.encoder is not None:
+            object.__setattr__(self, "encoder", _as_stage(self.encoder, "schedule.encoder"))
+        llm = tuple(_as_stage(s, f"schedule.llm[{i}]") for i, s in enumerate(self.llm))
+        object.__setattr__(self, "llm", llm)
+        if self.layers is not None:
+            object.__setattr__(self, "layers", tuple(int(x) for x in self.layers))
+
+    def resolved_layers(self, num_layers: int) -> tuple[int, ...]:
+        """The stage layers for an LM of ``num_layers`` decoder layers, validated."""
+        if self.layers is None:
+            if len(self.llm) == len(DEFAULT_STAGE_FRACTIONS):
+                layers = default_stage_layers(num_layers)
+            else:
+                layers = tuple(
+                    round(num_layers * (i + 1) / (len(self.llm) + 1)) for i in range(len(self.llm))
+                )
+        else:
+            layers = self.layers
+        if len(layers) != len(self.llm):
+            raise ValueError(
+                f"schedule.layers has {len(layers)} entries but schedule.llm has {len(self.llm)} stages"
+            )
+        for i, layer in enumerate(layers):
+            if not 1 <= layer < num_layers:
+                raise ValueError(
+                    f"schedule.layers[{i}] = {layer} is out of range: must be in [1, {num_layers - 1}] "
+                    f"for an LM with {num_layers} decoder layers (layer 0 is never pruned)"
+                )
+        if any(b <= a for a, b in zip(layers, layers[1:])):
+            raise ValueError(f"schedule.layers must be strictly increasing, got {list(layers)}")
+        return tuple(layers)
+
+    def tokens_per_layer(self, num_layers: int, entering: int) -> list[int]:
+        """Visual tokens each decoder layer sees, given ``entering`` tokens at layer 0."""
+        counts = [entering] * num_layers
+        for layer, stage in zip(self.resolved_layers(num_layers), self.llm):
+            counts[layer:] = [stage.total] * (num_layers - layer)
+        return counts
+
+    def __str__(self) -> str:
+        enc = str(self.encoder) if self.encoder else "off"
+        stages = ", ".join(f"L{layer}:{s}" for layer, s in zip(self.layers or (), self.llm))
+        if self.layers is None:
+            stages = ", ".join(str(s) for s in self.llm)
+        return f"encoder {enc}; llm [{stages}]"
+
+
+def default_stage_layers(num_layers: int, fractions: Sequence[float] = DEFAULT_STAGE_FRACTIONS) -> tuple[int, ...]:
+    """1/4, 1/2, 3/4 of the depth (8, 16, 24 for 32 layers), without layer 0 or repeats."""
+    layers = sorted({round(num_layers * f) for f in fractions} - {0})
+    return tuple(layer for layer in layers if layer < num_layers)
+
+
+def _layer_average(counts: Sequence[float], layers: Sequence[int], num_layers: int) -> float:
+    bounds = [0, *layers, num_layers]
+    return sum(c * (bounds[i + 1] - bounds[i]) for i, c in enumerate(counts)) / num_layers
+
+
+def schedule_from_budget(
+    budget: int,
+    num_layers: int,
+    available: int,
+    *,
+    encoder_stage: bool = True,
+    entry_factor: float = 1.5,
+    contextual_ratio: float = 1 / 8,
+    layers: Sequence[int] | None = None,
+) -> Schedule:
+    """The paper's rule: ``entry_factor x budget`` tokens enter the LLM, then geometric
+    decay over the LLM stages so that the average over all decoder layers is ``budget``.
+
+    Args:
+        budget: B, visual tokens averaged over decoder layers.
+        num_layers: decoder layers in the LM.
+        available: the most tokens the encoder stage can keep (577 for CLIP-L/336
+            with its CLS, which the release passes on to the LLM).
+        encoder_stage: whether the encoder stage prunes (False: all tokens enter the LLM).
+        entry_factor: 1.5 for images, 3 for video (paper, Implementation Details).
+        contextual_ratio: share of each stage's tokens that are contextual, rounded up.
+        layers: LLM stage layers; default 1/4, 1/2, 3/4 of the depth.
+    """
+    stage_layers = tuple(layers) if layers is not None else default_stage_layers(num_layers)
+    entering = min(round(entry_factor * budget), available) if encoder_stage else available
+    if not stage_layers:
+        if entering != budget:
+            raise ValueError(f"an LM with {num_layers} layers has no room for LLM stages; use budget={entering}")
+        ratios = []
+    else:
+        first_share = stage_layers[0] / num_layers
+        if entering * first_share > budget + 1e-9:
+            raise ValueError(
+                f"budget={budget} is too small: {entering} tokens enter the LLM and stay until layer "
+                f"{stage_layers[0]}, which alone averages {entering * first_share:.1f}"
+            )
+
+        def average(rate: float) -> float:
+            return _layer_average([entering * rate**k for k in range(len(stage_layers) + 1)], stage_layers, num_layers)
+
+        low, high = 0.0, 1.0
+        for _ in range(60):
+            mid = (low + high) / 2
+            low, high = (mid, high) if average(mid) < budget else (low, mid)
+        rate = (low + high) / 2
+        ratios = [max(1, round(entering * rate**k)) for k in range(1, len(stage_layers) + 1)]
+
+    def split(total: int) -> StageSpec:
+        contextual = min(math.ceil(total * contextual_ratio), total - 1)
+        return StageSpec(total - contextual, contextual)
+
+    return Schedule(
+        encoder=split(entering) if encoder_stage else None,
+        llm=tuple(split(n) for n in ratios),
+        layers=stage_layers,
+    )
