@@ -69,12 +69,16 @@ class PruningReport:
         stages: the stages that ran, in order.
         layer_visual_tokens: long ``(batch, num_layers)``: visual tokens each decoder
             layer saw in each row (0 for rows without an image).
+        output_mask: ``(batch, L_out)`` padding mask of the positions the model's
+            output (logits, last hidden state) has after pruning; a row's real
+            positions, in order, are ``logits[row][output_mask[row].bool()]``.
     """
 
     batch_size: int
     num_layers: int
     stages: list[StageRecord] = field(default_factory=list)
     layer_visual_tokens: torch.Tensor | None = None
+    output_mask: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         if self.layer_visual_tokens is None:

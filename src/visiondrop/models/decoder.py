@@ -14,6 +14,7 @@ against that stage's own cache layer.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -84,6 +85,7 @@ class Session:
     tail_mask: torch.Tensor | None = None  # (B, t) mask columns after the prompt
     decode_positions: torch.Tensor | None = None  # (B, q) LM-entry positions in decode
     cache_length: int = 0  # what layer 0's cache should hold
+    cache: object | None = None  # the cache object the prefill filled
 
 
 class DecoderPruner:
@@ -99,9 +101,11 @@ class DecoderPruner:
         self.first_stage = min(self.stage_specs) if self.stage_specs else None
         self.num_layers = len(language_model.layers)
         self.session: Session | None = None
+        self._pruned_caches: weakref.WeakSet = weakref.WeakSet()
 
     def register(self) -> list[torch.utils.hooks.RemovableHandle]:
-        handles = [self.lm.register_forward_pre_hook(self._lm_pre_hook, with_kwargs=True)]
+        handles = [self.lm.register_forward_pre_hook(self._lm_pre_hook, with_kwargs=True),
+                   self.lm.register_forward_hook(self._lm_post_hook)]
         for index, layer in enumerate(self.lm.layers):
             handles.append(layer.register_forward_pre_hook(self._make_layer_hook(index), with_kwargs=True))
         return handles
@@ -130,6 +134,7 @@ class DecoderPruner:
         original_positions, original_starts, entry_patches = self._entry
         patches, offset = entry_patches()
         layout.patches = patches
+        self.session.report.output_mask = layout.mask
         if self.positions == "reindex":
             layout.positions = reindexed_positions(layout.mask)
             return
@@ -151,6 +156,22 @@ class DecoderPruner:
         kwargs["attention_mask"] = session.entry_mask
         kwargs["position_ids"] = session.layout.positions
         return args, kwargs
+
+    def _lm_post_hook(self, module, args, output):
+        session = self.session
+        if session is not None and not session.decoding:
+            session.cache = getattr(output, "past_key_values", None)
+            if session.cache is not None:
+                self._pruned_caches.add(session.cache)
+
+    def was_pruned(self, cache) -> bool:
+        return cache in self._pruned_caches
+
+    def continues(self, cache) -> bool:
+        """Whether ``cache`` is the one the last pruned prefill filled, at the expected length."""
+        session = self.session
+        return (session is not None and cache is session.cache
+                and cache.get_seq_length() == session.cache_length)
 
     # ----------------------------------------------------------------- layers
     def _make_layer_hook(self, index: int):
@@ -237,6 +258,7 @@ class DecoderPruner:
         removed = torch.tensor(plan.removed_per_row, device=device)[:, None]
         session.stages[index] = StageState(mask=new_mask, shift=previous_shift + removed)
         session.layout = Layout(new_mask, new_positions, plan.new_segments, layout.images, new_patches)
+        session.report.output_mask = new_mask
         session.overrides = self._layer_kwargs(new_hidden, new_mask, new_positions, kwargs, index)
         return new_hidden
 

@@ -253,11 +253,11 @@ class LlavaAdapter(ModelAdapter):
     def _decode_step(self, kwargs, cache):
         pruner = self.pruner
         session = pruner.session
-        if session is None:
-            return (), kwargs
-        if cache.get_seq_length() != session.cache_length:
-            raise RuntimeError("past_key_values: this cache does not continue the last pruned prefill "
-                               f"(layer 0 holds {cache.get_seq_length()} tokens, expected {session.cache_length})")
+        if session is None and not pruner.was_pruned(cache):
+            return (), kwargs  # a prompt without images: nothing was pruned
+        if not pruner.continues(cache):
+            raise RuntimeError("past_key_values: this cache does not continue the last pruned prefill; "
+                               "decode a pruned prompt right after its own prefill")
         input_ids = kwargs.get("input_ids")
         embeds = kwargs.get("inputs_embeds")
         batch, query = (input_ids if input_ids is not None else embeds).shape[:2]

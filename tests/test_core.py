@@ -1,0 +1,132 @@
+"""Core pieces in isolation: scoring, selection, merging, layout."""
+
+import math
+
+import pytest
+import torch
+
+from visiondrop.core import (
+    attention_probs,
+    cls_attention_scores,
+    contextual_merge,
+    plan_compaction,
+    received_attention_scores,
+    select_dominant,
+    visual_query_scores,
+)
+from visiondrop.core.layout import Segment
+
+
+def naive_probs(q, k, scale, mask=None):
+    """Reference: repeat KV heads, full softmax per head, mean over heads."""
+    groups = q.shape[1] // k.shape[1]
+    k = k.repeat_interleave(groups, dim=1)
+    logits = (q @ k.transpose(-1, -2)) * scale
+    if mask is not None:
+        logits = logits.masked_fill(~mask[:, None], -math.inf)
+    return logits.softmax(-1).mean(1)
+
+
+def test_attention_probs_matches_naive_gqa():
+    torch.manual_seed(0)
+    q, k = torch.randn(2, 8, 5, 16), torch.randn(2, 2, 11, 16)
+    mask = torch.rand(2, 5, 11) > 0.3
+    mask[..., 0] = True
+    got = attention_probs(q, k, 0.25, mask)
+    assert torch.allclose(got, naive_probs(q, k, 0.25, mask), atol=1e-6)
+    assert torch.allclose(got.sum(-1), torch.ones(2, 5))
+
+
+def test_attention_probs_rejects_bad_heads():
+    with pytest.raises(ValueError, match="multiple"):
+        attention_probs(torch.randn(1, 3, 2, 4), torch.randn(1, 2, 5, 4), 1.0)
+
+
+def test_cls_and_received_scores():
+    torch.manual_seed(1)
+    q, k = torch.randn(3, 4, 7, 8), torch.randn(3, 4, 7, 8)
+    probs = naive_probs(q, k, 0.5)
+    assert torch.allclose(cls_attention_scores(q, k, 0.5), probs[:, 0], atol=1e-6)
+    assert torch.allclose(received_attention_scores(q, k, 0.5), probs.mean(1), atol=1e-6)
+
+
+def test_visual_query_scores_keep_visual_columns_after_full_softmax():
+    torch.manual_seed(2)
+    q, k = torch.randn(1, 2, 3, 4), torch.randn(1, 2, 6, 4)
+    columns = torch.tensor([[1, 2, 3]])
+    mask = torch.arange(6)[None, None] <= columns[..., None]
+    probs = naive_probs(q, k, 0.5, mask)  # softmax over all keys, text included
+    expected = probs[:, :, 1:4].mean(1)
+    got = visual_query_scores(q, k, 0.5, mask, columns)
+    assert torch.allclose(got, expected, atol=1e-6)
+    assert got.sum() < 1  # the prefix key took some mass: the softmax was not over visual keys only
+
+
+def test_select_dominant_sorted_top_k():
+    scores = torch.tensor([[0.1, 0.9, 0.3, 0.8, 0.2]])
+    assert select_dominant(scores, 3).tolist() == [[1, 2, 3]]
+
+
+def test_select_dominant_always_keep_counts_in_budget():
+    scores = torch.tensor([[0.0, 0.9, 0.3, 0.8]])
+    assert select_dominant(scores, 2, always_keep=0).tolist() == [[0, 1]]
+
+
+def test_select_dominant_ties_pick_lower_index():
+    assert select_dominant(torch.zeros(1, 5), 2).tolist() == [[0, 1]]
+
+
+def test_select_dominant_range():
+    with pytest.raises(ValueError, match="count"):
+        select_dominant(torch.zeros(1, 3), 4)
+
+
+def test_contextual_merge_is_target_plus_mean():
+    # 6 tokens, dominant {0}; remaining 1..5, C=2 -> step 5//2=2 -> targets 1 and 3.
+    hidden = torch.arange(6, dtype=torch.float32).view(1, 6, 1) * 10
+    metric = torch.tensor([[[1, 0], [1, 0], [1, 0.1], [0, 1], [0.1, 1], [1, 0]]]).float()
+    out = contextual_merge(hidden, metric, torch.tensor([[0]]), 2)
+    assert out.targets.tolist() == [[1, 3]]
+    # token 2 and 5 join target 1, token 4 joins target 3
+    assert out.merged_into.tolist() == [[-1, 0, 0, 1, 1, 0]]
+    assert out.tokens[0, :, 0].tolist() == [10 + (20 + 50) / 2, 30 + 40]
+
+
+def test_contextual_merge_lonely_target_and_edges():
+    hidden = torch.randn(2, 5, 3)
+    metric = torch.randn(2, 5, 4)
+    dominant = torch.tensor([[0, 1], [2, 4]])
+    everything = contextual_merge(hidden, metric, dominant, 3)  # C == R: every remaining is a target
+    assert torch.equal(everything.tokens, hidden.gather(1, everything.targets[..., None].expand(-1, -1, 3)))
+    nothing = contextual_merge(hidden, metric, dominant, 0)
+    assert nothing.tokens.shape == (2, 0, 3)
+    assert (nothing.merged_into == -1).all()
+    with pytest.raises(ValueError, match="num_contextual"):
+        contextual_merge(hidden, metric, dominant, 4)
+
+
+def test_layout_left_padding_two_rows():
+    plan = plan_compaction(2, 8, [Segment(0, 2, 4)], num_dominant=1, num_contextual=1)
+    source = plan.resolve(torch.tensor([[2]]))
+    tokens = torch.arange(16).view(2, 8)
+    out = plan.gather(source, tokens, torch.tensor([[100]]), fill=-1)
+    assert out.tolist() == [[-1, -1, 0, 1, 4, 100, 6, 7], list(range(8, 16))]
+    assert plan.new_segments == (Segment(0, 4, 2),)
+    assert plan.removed_per_row == (2, 0)
+
+
+def test_layout_right_padding_and_two_images_in_a_row():
+    segments = [Segment(0, 1, 3), Segment(0, 5, 3), Segment(1, 0, 3)]
+    plan = plan_compaction(2, 9, segments, num_dominant=1, num_contextual=0, pad_side="right")
+    source = plan.resolve(torch.tensor([[0], [2], [1]]))
+    out = plan.gather(source, torch.arange(18).view(2, 9), fill=-1)
+    assert plan.new_length == 7
+    assert out.tolist() == [[0, 1, 4, 7, 8, -1, -1], [10, 12, 13, 14, 15, 16, 17]]
+    assert [s.start for s in plan.new_segments] == [1, 3, 0]
+
+
+def test_layout_rejects_bad_input():
+    with pytest.raises(ValueError, match="pad_side"):
+        plan_compaction(1, 4, [], 1, 0, pad_side="middle")
+    with pytest.raises(ValueError, match="cannot keep"):
+        plan_compaction(1, 4, [Segment(0, 0, 2)], 2, 1)

@@ -1,0 +1,190 @@
+"""VisionDrop on a tiny random LLaVA-1.5 (CLIP 336/14 with CLS, Llama LM with GQA)."""
+
+import pytest
+import torch
+
+import visiondrop
+from visiondrop import Schedule
+from visiondrop.testing import image_prompt, tiny_llava
+
+from helpers import real_logits, row_of, selections
+
+MAX_NEW = 6
+
+
+def test_remove_restores_bit_identical_outputs(model):
+    batch = image_prompt(model, [5, 9])
+    with torch.no_grad():
+        before = model(**batch).logits
+        handle = visiondrop.apply(model, budget=16)
+        pruned = model(**batch).logits
+        handle.remove()
+        after = model(**batch).logits
+    assert pruned.shape[1] < before.shape[1]
+    assert torch.equal(before, after)
+    assert not hasattr(model, "_visiondrop_handle")
+    handle.remove()  # harmless
+
+
+def test_context_manager_removes(model):
+    batch = image_prompt(model, [4])
+    with torch.no_grad():
+        before = model(**batch).logits
+        with visiondrop.apply(model, budget=32) as handle:
+            assert handle.active
+            model(**batch)
+        assert not handle.active
+        assert torch.equal(model(**batch).logits, before)
+
+
+def test_keep_everything_schedule_is_a_no_op(model):
+    batch = image_prompt(model, [5, 9, 2])
+    keep_all = Schedule(encoder=(576, 0), llm=[(576, 0)] * 3)
+    with torch.no_grad():
+        full = model(**batch).logits
+        with visiondrop.apply(model, schedule=keep_all, keep_cls=False) as handle:
+            pruned = model(**batch).logits
+    assert handle.report.layer_visual_tokens.eq(576).all()
+    assert torch.allclose(pruned, full, atol=1e-5)
+
+
+def test_llm_only_keep_everything_is_a_no_op(model):
+    batch = image_prompt(model, [5, 9])
+    with torch.no_grad():
+        full = model(**batch).logits
+        with visiondrop.apply(model, schedule=Schedule(llm=[(576, 0)] * 2, layers=(3, 5))):
+            pruned = model(**batch).logits
+    assert torch.allclose(pruned, full, atol=1e-5)
+
+
+@pytest.mark.parametrize("budget", [8, 16, 64, 200])
+def test_layer_counts_follow_schedule_and_average_to_budget(model, budget):
+    batch = image_prompt(model, [5, 3], images_per_row=[1, 0])
+    with torch.no_grad(), visiondrop.apply(model, budget=budget) as handle:
+        model(**batch)
+    report = handle.report
+    expected = handle.schedule.tokens_per_layer(8, handle.schedule.encoder.total)
+    assert report.layer_visual_tokens[0].tolist() == expected
+    assert report.layer_visual_tokens[1].eq(0).all()  # the text-only row
+    assert abs(report.average_visual_tokens(0) - budget) <= 1
+    assert [s.layer for s in report.stages] == [None, 2, 4, 6]
+
+
+def test_report_describes_each_stage(model):
+    batch = image_prompt(model, [5])
+    with torch.no_grad(), visiondrop.apply(model, budget=16) as handle:
+        model(**batch)
+    encoder = handle.report.stage("encoder")
+    seg = encoder.segments[0]
+    spec = handle.schedule.encoder
+    assert seg.dominant[0] == 0 and seg.dominant_patches[0] == -1  # CLS kept, counted in D
+    assert len(seg.dominant) == spec.dominant and len(seg.targets) == spec.contextual
+    assert seg.merged_into[seg.dominant].eq(-1).all()
+    assert seg.merged_into[seg.targets].tolist() == list(range(spec.contextual))
+    assert (seg.merged_into >= 0).sum() == 577 - spec.dominant  # every other token merged somewhere
+    assert seg.output_patches.tolist() == seg.dominant_patches.tolist() + seg.target_patches.tolist()
+    # LLM stages index into the previous stage's output and carry patch ids through
+    previous = seg
+    for stage in handle.report.stages[1:]:
+        current = stage.segments[0]
+        assert torch.equal(current.input_patches, previous.output_patches)
+        previous = current
+
+
+def test_eager_and_sdpa_select_the_same_tokens(model, eager_model):
+    batch = image_prompt(model, [5, 9])
+    runs = []
+    for m in (model, eager_model):
+        with torch.no_grad(), visiondrop.apply(m, budget=24) as handle:
+            logits = m(**batch).logits
+        mask = handle.report.output_mask
+        runs.append((selections(handle.report), [real_logits(logits, mask, r) for r in range(2)]))
+    assert runs[0][0] == runs[1][0]
+    for sdpa_row, eager_row in zip(runs[0][1], runs[1][1]):
+        assert torch.allclose(sdpa_row, eager_row, atol=1e-4)
+
+
+@pytest.mark.parametrize("positions", ["reindex", "keep"])
+def test_cached_generate_equals_full_recompute(model, positions):
+    batch = image_prompt(model, [5, 9], seed=3)
+    with torch.no_grad(), visiondrop.apply(model, budget=16, positions=positions):
+        generated = model.generate(**batch, max_new_tokens=MAX_NEW, do_sample=False)
+        new_tokens = generated[:, batch["input_ids"].shape[1]:]
+        ids, mask = batch["input_ids"], batch["attention_mask"]
+        for step in range(MAX_NEW):
+            logits = model(input_ids=ids, attention_mask=mask, pixel_values=batch["pixel_values"],
+                           use_cache=False).logits
+            token = logits[:, -1].argmax(-1)
+            assert token.tolist() == new_tokens[:, step].tolist(), f"step {step}"
+            ids = torch.cat([ids, token[:, None]], 1)
+            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], 1)
+
+
+def test_positions_policies_differ_and_keep_original_text_positions(model):
+    batch = image_prompt(model, [5])
+    with torch.no_grad():
+        with visiondrop.apply(model, budget=16, positions="keep") as handle:
+            keep = model(**batch).logits
+            entry = handle.adapter.pruner.session  # last prefill's state
+        with visiondrop.apply(model, budget=16):
+            reindex = model(**batch).logits
+    assert not torch.allclose(keep, reindex)
+    final_positions = entry.layout.positions[0]
+    assert final_positions[-1].item() == batch["input_ids"].shape[1] - 1  # last text token: original position
+
+
+@pytest.mark.parametrize("padding_side", ["left", "right"])
+def test_batch_rows_equal_rows_run_alone(model, padding_side):
+    batch = image_prompt(model, [5, 11, 7], images_per_row=[1, 1, 0], padding_side=padding_side, seed=5)
+    with torch.no_grad(), visiondrop.apply(model, budget=16) as handle:
+        out = model(**batch).logits
+        batch_mask = handle.report.output_mask
+        batch_sel = handle.report
+        for row in range(3):
+            single = row_of(batch, row)
+            alone = model(**single).logits
+            assert torch.allclose(real_logits(out, batch_mask, row), alone[0], atol=1e-4), f"row {row}"
+            if row < 2:
+                alone_sel = [[s.dominant.tolist() for s in st.segments] for st in handle.report.stages]
+                batch_row_sel = [[s.dominant.tolist() for s in st.rows(row)] for st in batch_sel.stages]
+                assert alone_sel == batch_row_sel
+    with torch.no_grad():
+        plain = model(**row_of(batch, 2)).logits
+    assert torch.allclose(plain, out[2][batch_mask[2].bool()][None], atol=1e-4)  # text-only row untouched
+
+
+def test_batched_generate_equals_rows_alone(model):
+    batch = image_prompt(model, [4, 10], seed=7)
+    with torch.no_grad(), visiondrop.apply(model, budget=16):
+        together = model.generate(**batch, max_new_tokens=MAX_NEW, do_sample=False)[:, -MAX_NEW:]
+        for row in range(2):
+            alone = model.generate(**row_of(batch, row), max_new_tokens=MAX_NEW, do_sample=False)[:, -MAX_NEW:]
+            assert alone[0].tolist() == together[row].tolist()
+
+
+def test_two_images_in_one_row(model):
+    batch = image_prompt(model, [4, 6], images_per_row=[2, 1])
+    with torch.no_grad(), visiondrop.apply(model, budget=16) as handle:
+        model(**batch)
+        model.generate(**batch, max_new_tokens=3, do_sample=False)
+    counts = handle.report.layer_visual_tokens
+    assert torch.equal(counts[0], 2 * counts[1])
+    assert [s.image for s in handle.report.stage("encoder").segments] == [0, 1, 2]
+
+
+def test_siglip_tower_without_cls(siglip_model):
+    batch = image_prompt(siglip_model, [5])
+    with torch.no_grad(), visiondrop.apply(siglip_model, budget=16) as handle:
+        siglip_model.generate(**batch, max_new_tokens=3, do_sample=False)
+    seg = handle.report.stage("encoder").segments[0]
+    assert (seg.dominant_patches >= 0).all()  # no CLS to keep
+    with pytest.raises(ValueError, match="encoder_score='cls' needs an encoder with a \\[CLS\\]"):
+        visiondrop.apply(siglip_model, budget=16, encoder_score="cls")
+
+
+def test_keep_cls_false_passes_only_patches(model):
+    batch = image_prompt(model, [5])
+    with torch.no_grad(), visiondrop.apply(model, budget=16, keep_cls=False) as handle:
+        model(**batch)
+    seg = handle.report.stage("encoder").segments[0]
+    assert (seg.output_patches >= 0).all() and len(seg.dominant) == handle.schedule.encoder.dominant

@@ -1,0 +1,44 @@
+"""Budget -> schedule rule and explicit schedules."""
+
+import pytest
+
+from visiondrop.schedule import Schedule, StageSpec, default_stage_layers, schedule_from_budget
+
+
+def test_released_preset_for_budget_32():
+    schedule = schedule_from_budget(32, num_layers=32, available=577)
+    assert schedule.encoder == StageSpec(42, 6)
+    assert schedule.layers == (8, 16, 24)
+    assert schedule.llm == (StageSpec(30, 5), StageSpec(22, 4), StageSpec(16, 3))
+
+
+@pytest.mark.parametrize("num_layers", [4, 8, 12, 32, 40])
+@pytest.mark.parametrize("budget", [8, 16, 32, 64, 128, 192, 300, 576])
+def test_layer_average_is_the_budget(num_layers, budget):
+    schedule = schedule_from_budget(budget, num_layers, available=577)
+    counts = schedule.tokens_per_layer(num_layers, schedule.encoder.total)
+    assert abs(sum(counts) / num_layers - budget) <= 1
+    assert schedule.encoder.total == min(round(1.5 * budget), 577)
+    assert all(b <= a for a, b in zip(counts, counts[1:]))
+
+
+def test_default_layers():
+    assert default_stage_layers(32) == (8, 16, 24)
+    assert default_stage_layers(8) == (2, 4, 6)
+    assert default_stage_layers(2) == (1,)
+
+
+def test_explicit_schedule_coerces_tuples_and_validates_layers():
+    schedule = Schedule(encoder=(42, 6), llm=[(30, 5), (22, 4), (16, 3)])
+    assert schedule.resolved_layers(32) == (8, 16, 24)
+    assert schedule.tokens_per_layer(32, 48) == [48] * 8 + [35] * 8 + [26] * 8 + [19] * 8
+    with pytest.raises(ValueError, match=r"schedule.layers\[2\] = 32 is out of range"):
+        Schedule(llm=[(3, 0)] * 3, layers=(8, 16, 32)).resolved_layers(32)
+    with pytest.raises(ValueError, match="strictly increasing"):
+        Schedule(llm=[(3, 0)] * 2, layers=(16, 8)).resolved_layers(32)
+    with pytest.raises(ValueError, match="layer 0 is never pruned"):
+        Schedule(llm=[(3, 0)], layers=(0,)).resolved_layers(32)
+    with pytest.raises(ValueError, match="dominant must be >= 1"):
+        Schedule(llm=[(0, 2)])
+    with pytest.raises(ValueError, match="contextual must be >= 0"):
+        Schedule(encoder=(4, -1))
