@@ -82,3 +82,34 @@ def image_prompt(model, text_lengths: list[int], images_per_row: list[int] | Non
     if sum(images_per_row):
         out["pixel_values"] = pixel_values
     return out
+
+
+def tiny_processor(vocab_words: list[str] | None = None):
+    """A LLaVA processor with a word-level tokenizer built in code (no download)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import LlavaProcessor, PreTrainedTokenizerFast
+
+    try:
+        from transformers import CLIPImageProcessorPil as ImageProcessor
+    except ImportError:  # older transformers name the PIL backend plainly
+        from transformers import CLIPImageProcessor as ImageProcessor
+
+    specials = ["<pad>", "<unk>", "<s>", "</s>"]
+    words = vocab_words or [f"w{i}" for i in range(200)] + ["USER:", "ASSISTANT:", "?", "what", "is", "this"]
+    vocab = {token: i for i, token in enumerate(specials + words[: IMAGE_TOKEN_ID - len(specials)])}
+    vocab["<image>"] = IMAGE_TOKEN_ID
+    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, unk_token="<unk>", pad_token="<pad>",
+                                   bos_token="<s>", eos_token="</s>", extra_special_tokens={"image_token": "<image>"})
+    images = ImageProcessor(size={"shortest_edge": 336}, crop_size={"height": 336, "width": 336})
+    return LlavaProcessor(image_processor=images, tokenizer=fast, patch_size=14,
+                          vision_feature_select_strategy="default", num_additional_image_tokens=1)
+
+
+def save_tiny_checkpoint(path, seed: int = 0) -> None:
+    """Write a tiny random LLaVA and its processor to ``path`` (``from_pretrained``-loadable)."""
+    model = tiny_llava(seed=seed)
+    model.config.text_config.eos_token_id = 3
+    model.save_pretrained(path)
+    tiny_processor().save_pretrained(path)
