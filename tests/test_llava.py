@@ -2,12 +2,11 @@
 
 import pytest
 import torch
+from helpers import real_logits, row_of, selections
 
 import visiondrop
 from visiondrop import Schedule
-from visiondrop.testing import image_prompt, tiny_llava
-
-from helpers import real_logits, row_of, selections
+from visiondrop.testing import image_prompt
 
 MAX_NEW = 6
 

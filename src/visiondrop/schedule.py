@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 DEFAULT_STAGE_FRACTIONS = (0.25, 0.5, 0.75)
 
@@ -101,6 +101,20 @@ class Schedule:
             raise ValueError(f"schedule.layers must be strictly increasing, got {list(layers)}")
         return tuple(layers)
 
+    def validated(self, num_layers: int, encoder_available: int, llm_tokens: int) -> Schedule:
+        """This schedule with its layers resolved, after checking that every stage keeps no
+        more than enters it: ``encoder_available`` encoder tokens, or ``llm_tokens`` entering
+        the LLM when there is no encoder stage."""
+        layers = self.resolved_layers(num_layers)
+        entering = llm_tokens
+        if self.encoder is not None:
+            _check_fits("schedule.encoder", self.encoder, encoder_available)
+            entering = self.encoder.total
+        for i, stage in enumerate(self.llm):
+            _check_fits(f"schedule.llm[{i}]", stage, entering)
+            entering = stage.total
+        return Schedule(encoder=self.encoder, llm=self.llm, layers=layers)
+
     def tokens_per_layer(self, num_layers: int, entering: int) -> list[int]:
         """Visual tokens each decoder layer sees, given ``entering`` tokens at layer 0."""
         counts = [entering] * num_layers
@@ -114,6 +128,14 @@ class Schedule:
         if self.layers is None:
             stages = ", ".join(str(s) for s in self.llm)
         return f"encoder {enc}; llm [{stages}]"
+
+
+def _check_fits(name: str, stage: StageSpec, available: int) -> None:
+    if stage.dominant > available:
+        raise ValueError(f"{name} dominant = {stage.dominant} exceeds the {available} tokens entering that stage")
+    if stage.contextual > available - stage.dominant:
+        raise ValueError(f"{name} contextual = {stage.contextual} exceeds the {available - stage.dominant} "
+                         f"tokens left after {stage.dominant} dominant")
 
 
 def default_stage_layers(num_layers: int, fractions: Sequence[float] = DEFAULT_STAGE_FRACTIONS) -> tuple[int, ...]:

@@ -62,7 +62,8 @@ def image_prompt(model, text_lengths: list[int], images_per_row: list[int] | Non
     generator = torch.Generator().manual_seed(seed)
     images_per_row = images_per_row or [1] * len(text_lengths)
     tokens_per_image = (model.config.vision_config.image_size // model.config.vision_config.patch_size) ** 2
-    if model.config.vision_feature_select_strategy == "full" and model.config.vision_config.model_type == "clip_vision_model":
+    config = model.config
+    if config.vision_feature_select_strategy == "full" and config.vision_config.model_type == "clip_vision_model":
         tokens_per_image += 1
     rows = []
     for length, n_images in zip(text_lengths, images_per_row):

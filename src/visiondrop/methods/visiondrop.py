@@ -94,29 +94,7 @@ class VisionDrop(PruningMethod):
             schedule = cfg.schedule
             if not isinstance(schedule, Schedule):
                 raise ValueError(f"schedule must be a visiondrop.Schedule, got {type(schedule).__name__}")
-        return self._validated(schedule, geometry, encoder_available)
-
-    def _validated(self, schedule: Schedule, geometry: ModelGeometry, encoder_available: int) -> Schedule:
-        layers = schedule.resolved_layers(geometry.num_layers)
-        previous = geometry.llm_tokens
-        if schedule.encoder is not None:
-            enc = schedule.encoder
-            if enc.dominant > encoder_available:
-                raise ValueError(f"schedule.encoder dominant = {enc.dominant} exceeds the {encoder_available} "
-                                 "encoder tokens available")
-            if enc.contextual > encoder_available - enc.dominant:
-                raise ValueError(f"schedule.encoder contextual = {enc.contextual} exceeds the "
-                                 f"{encoder_available - enc.dominant} tokens left after {enc.dominant} dominant")
-            previous = enc.total
-        for i, stage in enumerate(schedule.llm):
-            if stage.dominant > previous:
-                raise ValueError(f"schedule.llm[{i}] dominant = {stage.dominant} exceeds the {previous} "
-                                 "visual tokens entering that stage")
-            if stage.contextual > previous - stage.dominant:
-                raise ValueError(f"schedule.llm[{i}] contextual = {stage.contextual} exceeds the "
-                                 f"{previous - stage.dominant} tokens left after {stage.dominant} dominant")
-            previous = stage.total
-        return Schedule(encoder=schedule.encoder, llm=schedule.llm, layers=layers)
+        return schedule.validated(geometry.num_layers, encoder_available, geometry.llm_tokens)
 
     def reduce_encoder(self, stage: EncoderStage, spec: StageSpec) -> Reduction:
         cfg = self.config

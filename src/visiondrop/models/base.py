@@ -29,5 +29,5 @@ class ModelAdapter(ABC):
     def install(self, method: PruningMethod, schedule: Schedule, positions: str) -> list:
         """Register this model's hooks; return their removable handles."""
 
-    def reset(self) -> None:
+    def reset(self) -> None:  # noqa: B027  (optional override)
         """Forget any in-flight state (called on remove)."""

@@ -70,8 +70,8 @@ class LlavaAdapter(ModelAdapter):
         self.strategy = config.vision_feature_select_strategy
         if self.strategy not in ("default", "full"):
             raise ValueError(f"model: vision_feature_select_strategy={self.strategy!r} is not supported")
-        encoder = self.tower.vision_model.encoder if hasattr(self.tower, "vision_model") else self.tower.encoder
-        embeddings = self.tower.vision_model.embeddings if hasattr(self.tower, "vision_model") else self.tower.embeddings
+        tower = self.tower.vision_model if hasattr(self.tower, "vision_model") else self.tower
+        encoder, embeddings = tower.encoder, tower.embeddings
         num_layers = len(encoder.layers)
         hidden_index = layer % (num_layers + 1)
         if hidden_index == 0:
