@@ -6,7 +6,7 @@ from helpers import real_logits, row_of, selections
 
 import visiondrop
 from visiondrop import Schedule
-from visiondrop.testing import image_prompt
+from visiondrop.testing import image_prompt, tiny_llava
 
 MAX_NEW = 6
 
@@ -187,3 +187,35 @@ def test_keep_cls_false_passes_only_patches(model):
         model(**batch)
     seg = handle.report.stage("encoder").segments[0]
     assert (seg.output_patches >= 0).all() and len(seg.dominant) == handle.schedule.encoder.dominant
+
+
+def test_batch_without_any_image_is_untouched(model):
+    batch = image_prompt(model, [5, 8], images_per_row=[0, 0])
+    with torch.no_grad():
+        plain = model(**batch).logits
+        with visiondrop.apply(model, budget=16) as handle:
+            pruned = model(**batch).logits
+            model.generate(**batch, max_new_tokens=2, do_sample=False)
+    assert torch.equal(plain, pruned)
+    assert handle.report.stages == [] and handle.report.layer_visual_tokens.eq(0).all()
+
+
+def test_keep_positions_with_two_images_in_a_row_generate_matches_recompute(model):
+    batch = image_prompt(model, [4, 6], images_per_row=[2, 1], seed=11)
+    with torch.inference_mode(), visiondrop.apply(model, budget=16, positions="keep"):
+        new = model.generate(**batch, max_new_tokens=4, do_sample=False)[:, -4:]
+        ids, mask = batch["input_ids"], batch["attention_mask"]
+        for step in range(4):
+            token = model(input_ids=ids, attention_mask=mask, pixel_values=batch["pixel_values"]).logits[:, -1].argmax(-1)
+            assert token.tolist() == new[:, step].tolist()
+            ids, mask = torch.cat([ids, token[:, None]], 1), torch.cat([mask, torch.ones_like(mask[:, :1])], 1)
+
+
+def test_bfloat16_model_runs_and_counts_hold():
+    model = tiny_llava(seed=2).to(torch.bfloat16)
+    batch = image_prompt(model, [5, 7])
+    batch["pixel_values"] = batch["pixel_values"].bfloat16()
+    with torch.inference_mode(), visiondrop.apply(model, budget=32) as handle:
+        out = model.generate(**batch, max_new_tokens=3, do_sample=False)
+    assert out.shape[1] == batch["input_ids"].shape[1] + 3
+    assert abs(handle.report.average_visual_tokens(0) - 32) <= 1
