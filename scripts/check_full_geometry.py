@@ -78,7 +78,8 @@ def main() -> None:
                 report = handle.report
                 expected = handle.schedule.tokens_per_layer(32, handle.schedule.encoder.total)
                 entry["schedule"] = str(handle.schedule)
-                entry["counts_match_schedule"] = all(report.layer_visual_tokens[r].tolist() == expected for r in range(2))
+                counts = report.layer_visual_tokens
+                entry["counts_match_schedule"] = all(counts[r].tolist() == expected for r in range(2))
                 entry["layer_average"] = report.average_visual_tokens(0)
                 sdpa_selection = selections(report)
                 new = out[:, batch["input_ids"].shape[1]:]
@@ -107,7 +108,8 @@ def main() -> None:
     batch8["pixel_values"] = batch8["pixel_values"].bfloat16()
     with torch.inference_mode(), visiondrop.apply(bf16, budget=64) as handle:
         out = bf16.generate(**batch8, max_new_tokens=8, do_sample=False)
-        result["bf16_batch8_generate"] = {"tokens": list(out.shape), "layer_average": handle.report.average_visual_tokens(0)}
+        result["bf16_batch8_generate"] = {"tokens": list(out.shape),
+                                          "layer_average": handle.report.average_visual_tokens(0)}
     try:
         import flash_attn  # noqa: F401
 

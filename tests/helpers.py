@@ -20,9 +20,10 @@ def row_of(batch: dict, row: int) -> dict:
     keep = batch["attention_mask"][row].bool()
     out = {"input_ids": batch["input_ids"][row][keep][None], "attention_mask": batch["attention_mask"][row][keep][None]}
     if "pixel_values" in batch:
-        # image order follows placeholder order; rows here hold at most one image
-        image_rows = [r for r in range(batch["input_ids"].shape[0])
-                      if (batch["input_ids"][r] == 250).any()]
-        if row in image_rows:
-            out["pixel_values"] = batch["pixel_values"][image_rows.index(row)][None]
+        # images follow placeholder order, row by row; count each row's images
+        per_image = 576
+        counts = [int((batch["input_ids"][r] == 250).sum()) // per_image for r in range(batch["input_ids"].shape[0])]
+        first = sum(counts[:row])
+        if counts[row]:
+            out["pixel_values"] = batch["pixel_values"][first : first + counts[row]]
     return out

@@ -22,8 +22,9 @@ def test_bad_budget(model, budget, match):
 
 
 @pytest.mark.parametrize("schedule, match", [
-    (Schedule(encoder=(600, 0), llm=[(10, 0)] * 3), r"schedule.encoder dominant = 600 exceeds the 577"),
-    (Schedule(encoder=(570, 10), llm=[(10, 0)] * 3), r"schedule.encoder contextual = 10 exceeds the 7"),
+    (Schedule(encoder=(600, 0), llm=[(10, 0)] * 3), r"schedule.encoder dominant = 600 exceeds the 576"),
+    (Schedule(encoder=(570, 10), llm=[(10, 0)] * 3), r"schedule.encoder contextual = 10 exceeds the 6"),
+    (Schedule(encoder=(577, 0), llm=[(10, 0)] * 3), r"schedule.encoder dominant = 577 exceeds the 576"),
     (Schedule(encoder=(40, 8), llm=[(30, 5), (36, 0), (5, 0)]), r"schedule.llm\[1\] dominant = 36 exceeds the 35"),
     (Schedule(encoder=(40, 8), llm=[(40, 9), (5, 0), (5, 0)]), r"schedule.llm\[0\] contextual = 9 exceeds the 8"),
     (Schedule(encoder=(40, 8), llm=[(10, 0)] * 3, layers=(2, 4, 8)), r"schedule.layers\[2\] = 8 is out of range"),
@@ -40,6 +41,22 @@ def test_budget_and_schedule_are_exclusive(model):
         visiondrop.apply(model)
     with pytest.raises(ValueError, match="exactly one of budget"):
         visiondrop.apply(model, budget=8, schedule=Schedule(llm=[(4, 0)]))
+
+
+def test_entry_factor_below_one_is_refused(model):
+    with pytest.raises(ValueError, match="entry_factor must be >= 1"):
+        visiondrop.apply(model, budget=64, entry_factor=0.5)
+
+
+def test_beam_search_refused_clearly_and_generate_restored(model):
+    batch = image_prompt(model, [3])
+    class_generate = type(model).generate
+    with visiondrop.apply(model, budget=16), torch.no_grad():
+        with pytest.raises(ValueError, match="num_beams=2: beam search"):
+            model.generate(**batch, num_beams=2, max_new_tokens=2)
+        with pytest.raises(ValueError, match="num_return_sequences=2"):
+            model.generate(**batch, do_sample=True, num_return_sequences=2, max_new_tokens=2)
+    assert "generate" not in vars(model) and type(model).generate is class_generate
 
 
 def test_bad_options(model):

@@ -15,10 +15,10 @@ def test_released_preset_for_budget_32():
 @pytest.mark.parametrize("num_layers", [4, 8, 12, 32, 40])
 @pytest.mark.parametrize("budget", [8, 16, 32, 64, 128, 192, 300, 576])
 def test_layer_average_is_the_budget(num_layers, budget):
-    schedule = schedule_from_budget(budget, num_layers, available=577)
+    schedule = schedule_from_budget(budget, num_layers, available=576)
     counts = schedule.tokens_per_layer(num_layers, schedule.encoder.total)
     assert abs(sum(counts) / num_layers - budget) <= 1
-    assert schedule.encoder.total == min(round(1.5 * budget), 577)
+    assert schedule.encoder.total == min(round(1.5 * budget), 576)
     assert all(b <= a for a, b in zip(counts, counts[1:]))
 
 
@@ -42,3 +42,17 @@ def test_explicit_schedule_coerces_tuples_and_validates_layers():
         Schedule(llm=[(0, 2)])
     with pytest.raises(ValueError, match="contextual must be >= 0"):
         Schedule(encoder=(4, -1))
+
+
+def test_unreachable_budget_is_an_error_not_a_wrong_schedule():
+    with pytest.raises(ValueError, match="entry_factor must be >= 1"):
+        schedule_from_budget(64, 32, available=576, entry_factor=0.5)
+    with pytest.raises(ValueError, match="budget=32 is too small"):
+        schedule_from_budget(32, 4, available=576, entry_factor=3, layers=(3,))
+
+
+def test_default_layers_for_other_stage_counts():
+    assert Schedule(llm=[(4, 0)]).resolved_layers(32) == (16,)
+    assert Schedule(llm=[(4, 0)] * 4).resolved_layers(10) == (2, 4, 6, 8)
+    with pytest.raises(ValueError, match="has room for fewer"):
+        Schedule(llm=[(4, 0)] * 3).resolved_layers(2)

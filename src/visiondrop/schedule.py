@@ -77,14 +77,14 @@ class Schedule:
             object.__setattr__(self, "layers", tuple(int(x) for x in self.layers))
 
     def resolved_layers(self, num_layers: int) -> tuple[int, ...]:
-        """The stage layers for an LM of ``num_layers`` decoder layers, validated."""
+        """The stage layers for an LM of ``num_layers`` decoder layers, validated.
+        Default: n stages at 1/(n+1), ..., n/(n+1) of the depth (1/4, 1/2, 3/4 for three)."""
         if self.layers is None:
-            if len(self.llm) == len(DEFAULT_STAGE_FRACTIONS):
-                layers = default_stage_layers(num_layers)
-            else:
-                layers = tuple(
-                    round(num_layers * (i + 1) / (len(self.llm) + 1)) for i in range(len(self.llm))
-                )
+            count = len(self.llm)
+            layers = default_stage_layers(num_layers, [(i + 1) / (count + 1) for i in range(count)])
+            if len(layers) != count:
+                raise ValueError(f"schedule.llm has {count} stages but an LM with {num_layers} decoder layers "
+                                 "has room for fewer; give schedule.layers explicitly")
         else:
             layers = self.layers
         if len(layers) != len(self.llm):
@@ -165,13 +165,15 @@ def schedule_from_budget(
     Args:
         budget: B, visual tokens averaged over decoder layers.
         num_layers: decoder layers in the LM.
-        available: the most tokens the encoder stage can keep (577 for CLIP-L/336
-            with its CLS, which the release passes on to the LLM).
+        available: the most visual tokens per image that can enter the LLM (576 for
+            LLaVA-1.5: its image placeholders).
         encoder_stage: whether the encoder stage prunes (False: all tokens enter the LLM).
         entry_factor: 1.5 for images, 3 for video (paper, Implementation Details).
         contextual_ratio: share of each stage's tokens that are contextual, rounded up.
         layers: LLM stage layers; default 1/4, 1/2, 3/4 of the depth.
     """
+    if entry_factor < 1:
+        raise ValueError(f"entry_factor must be >= 1 (tokens entering the LLM >= budget), got {entry_factor}")
     stage_layers = tuple(layers) if layers is not None else default_stage_layers(num_layers)
     entering = min(round(entry_factor * budget), available) if encoder_stage else available
     if not stage_layers:
@@ -195,6 +197,11 @@ def schedule_from_budget(
             low, high = (mid, high) if average(mid) < budget else (low, mid)
         rate = (low + high) / 2
         ratios = [max(1, round(entering * rate**k)) for k in range(1, len(stage_layers) + 1)]
+
+    counts = [entering, *ratios]
+    achieved = _layer_average(counts, stage_layers, num_layers)
+    if abs(achieved - budget) > 1:
+        raise ValueError(f"budget={budget} cannot be met: the schedule averages {achieved:.1f} tokens per layer")
 
     def split(total: int) -> StageSpec:
         contextual = min(math.ceil(total * contextual_ratio), total - 1)

@@ -49,10 +49,6 @@ class CompactionPlan:
     dominant_slots: torch.Tensor  # (S, D) flat positions in (B * L')
     dominant_base: torch.Tensor  # (S, 1) flat old index of each segment's first token
 
-    @property
-    def fill_index(self) -> int:
-        return self.batch_size * self.old_length + len(self.segments) * self.num_contextual
-
     def resolve(self, dominant: torch.Tensor) -> torch.Tensor:
         """Flat source indices ``(B, L')`` on ``dominant``'s device.
 

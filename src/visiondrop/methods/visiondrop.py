@@ -74,7 +74,11 @@ class VisionDrop(PruningMethod):
             raise ValueError(f"contextual_ratio must be in [0, 1), got {cfg.contextual_ratio}")
         if (cfg.budget is None) == (cfg.schedule is None):
             raise ValueError("give exactly one of budget=... or schedule=...")
-        encoder_available = geometry.encoder_tokens - (1 if geometry.has_cls and not cfg.keep_cls else 0)
+        if cfg.entry_factor < 1:
+            raise ValueError(f"entry_factor must be >= 1, got {cfg.entry_factor}")
+        # The encoder stage may keep CLS, but no more tokens than the image has placeholders.
+        encoder_available = min(geometry.llm_tokens,
+                                geometry.encoder_tokens - (1 if geometry.has_cls and not cfg.keep_cls else 0))
         if cfg.budget is not None:
             if isinstance(cfg.budget, bool) or not isinstance(cfg.budget, int):
                 raise ValueError(f"budget must be an int, got {cfg.budget!r}")

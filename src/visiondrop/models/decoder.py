@@ -15,8 +15,9 @@ against that stage's own cache layer.
 from __future__ import annotations
 
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import torch
 from torch import nn
@@ -55,8 +56,10 @@ class Layout:
     images: tuple[int, ...]  # image index of each segment
     patches: torch.Tensor  # (S, n) patch id of every visual token of each segment
 
-    def row_counts(self, batch_size: int) -> torch.Tensor:
-        counts = torch.zeros(batch_size, dtype=torch.long)
+    @cached_property
+    def row_counts(self) -> torch.Tensor:
+        """Visual tokens in each row (CPU)."""
+        counts = torch.zeros(self.mask.shape[0], dtype=torch.long)
         for segment in self.segments:
             counts[segment.row] += segment.length
         return counts
@@ -76,8 +79,12 @@ class Session:
     original_length: int  # prompt length as the caller sees it
     entry_mask: torch.Tensor  # (B, L1) 2-D mask of the sequence entering the LM
     entry_shift: torch.Tensor  # (B, 1) real tokens removed before the LM (encoder stage)
-    pad_side: str
     report: PruningReport
+    # Finishing the LM-entry layout waits for the vision encoder, which may run after
+    # the model's pre-hook: ``entry_patches() -> (patch ids (S, n), index of patch 0)``.
+    entry_patches: Callable[[], tuple[torch.Tensor, int]] | None = None
+    original_positions: torch.Tensor | None = None  # (B, L0) the caller's positions
+    original_starts: tuple[int, ...] = ()  # each segment's start before the encoder stage
     layout: Layout | None = None
     stages: dict[int, StageState] = field(default_factory=dict)
     overrides: dict | None = None
@@ -85,7 +92,7 @@ class Session:
     tail_mask: torch.Tensor | None = None  # (B, t) mask columns after the prompt
     decode_positions: torch.Tensor | None = None  # (B, q) LM-entry positions in decode
     cache_length: int = 0  # what layer 0's cache should hold
-    cache: object | None = None  # the cache object the prefill filled
+    cache: weakref.ref | None = None  # the cache object the prefill filled
 
 
 class DecoderPruner:
@@ -98,7 +105,6 @@ class DecoderPruner:
         self.method = method
         self.positions = positions
         self.stage_specs = dict(zip(schedule.layers or (), schedule.llm))
-        self.first_stage = min(self.stage_specs) if self.stage_specs else None
         self.num_layers = len(language_model.layers)
         self.session: Session | None = None
         self._pruned_caches: weakref.WeakSet = weakref.WeakSet()
@@ -112,38 +118,27 @@ class DecoderPruner:
 
     # ------------------------------------------------------------------ entry
     def start_prefill(self, session: Session, segments: Sequence[Segment], images: Sequence[int],
-                      entry_positions: torch.Tensor, original_positions: torch.Tensor,
-                      original_starts: Sequence[int], entry_patches) -> None:
-        """Called by the adapter before the LM runs a pruned prompt.
-
-        Args:
-            segments, images: visual segments at LM entry and their image indices.
-            entry_positions: ``(B, L1)`` the caller's positions gathered to LM entry.
-            original_positions: ``(B, L0)`` the caller's positions before any pruning.
-            original_starts: where each segment started before the encoder stage.
-            entry_patches: ``() -> (patches (S, n), offset)``: patch ids of the
-                segments' tokens, and the index of patch 0 in an unpruned segment.
-                Called when the LM starts, after the vision encoder has run.
-        """
+                      entry_positions: torch.Tensor) -> None:
+        """Called by the adapter before the LM runs a pruned prompt: ``segments`` and
+        ``entry_positions`` describe the sequence entering the LM (the caller's positions
+        gathered there); ``session.entry_patches`` is called once the LM starts."""
         session.layout = Layout(session.entry_mask, entry_positions, tuple(segments), tuple(images),
                                 torch.empty(0, dtype=torch.long))
-        self._entry = (original_positions, list(original_starts), entry_patches)
         self.session = session
 
-    def _finish_entry(self, layout: Layout) -> None:
-        original_positions, original_starts, entry_patches = self._entry
-        patches, offset = entry_patches()
-        layout.patches = patches
-        self.session.report.output_mask = layout.mask
+    def _finish_entry(self, session: Session) -> None:
+        layout = session.layout
+        layout.patches, offset = session.entry_patches()
+        session.report.output_mask = layout.mask
         if self.positions == "reindex":
             layout.positions = reindexed_positions(layout.mask)
             return
         # "keep": a visual token takes the original position of its patch.
-        for segment, patch_row, original_start in zip(layout.segments, patches, original_starts):
-            source = original_start + (patch_row.to(original_positions.device) + offset).clamp(min=0)
-            layout.positions[segment.row, segment.start : segment.start + segment.length] = original_positions[
-                segment.row, source
-            ]
+        original = session.original_positions
+        for segment, patch_row, original_start in zip(layout.segments, layout.patches, session.original_starts):
+            source = original_start + (patch_row.to(original.device) + offset).clamp(min=0)
+            span = slice(segment.start, segment.start + segment.length)
+            layout.positions[segment.row, span] = original[segment.row, source]
 
     def _lm_pre_hook(self, module, args, kwargs):
         session = self.session
@@ -152,17 +147,16 @@ class DecoderPruner:
         if session.decoding:
             kwargs["position_ids"] = session.decode_positions
             return args, kwargs
-        self._finish_entry(session.layout)
-        kwargs["attention_mask"] = session.entry_mask
+        self._finish_entry(session)
         kwargs["position_ids"] = session.layout.positions
         return args, kwargs
 
     def _lm_post_hook(self, module, args, output):
         session = self.session
-        if session is not None and not session.decoding:
-            session.cache = getattr(output, "past_key_values", None)
-            if session.cache is not None:
-                self._pruned_caches.add(session.cache)
+        cache = getattr(output, "past_key_values", None)
+        if session is not None and not session.decoding and cache is not None:
+            session.cache = weakref.ref(cache)  # a strong one would keep the cache alive
+            self._pruned_caches.add(cache)
 
     def was_pruned(self, cache) -> bool:
         return cache in self._pruned_caches
@@ -170,7 +164,7 @@ class DecoderPruner:
     def continues(self, cache) -> bool:
         """Whether ``cache`` is the one the last pruned prefill filled, at the expected length."""
         session = self.session
-        return (session is not None and cache is session.cache
+        return (session is not None and session.cache is not None and session.cache() is cache
                 and cache.get_seq_length() == session.cache_length)
 
     # ----------------------------------------------------------------- layers
@@ -193,7 +187,7 @@ class DecoderPruner:
             args = (hidden, *args[1:]) if args else args
             if not args:
                 kwargs["hidden_states"] = hidden
-        session.report.layer_visual_tokens[:, index] = session.layout.row_counts(session.batch_size)
+        session.report.layer_visual_tokens[:, index] = session.layout.row_counts
         if session.overrides is not None:
             kwargs.update(session.overrides)
         return args, kwargs
@@ -232,7 +226,7 @@ class DecoderPruner:
         reduction = self.method.reduce_llm(stage, spec)
         merge = reduction.merge
 
-        plan = plan_compaction(batch, length, layout.segments, spec.dominant, spec.contextual, session.pad_side)
+        plan = plan_compaction(batch, length, layout.segments, spec.dominant, spec.contextual)
         source = plan.resolve(reduction.dominant)
         new_hidden = plan.gather(source, hidden, merge.tokens)
         ones = layout.mask.new_ones(len(layout.segments), spec.contextual)

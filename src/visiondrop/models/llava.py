@@ -16,6 +16,7 @@ before prefill and never pass ``pixel_values`` to the forward).
 
 from __future__ import annotations
 
+import functools
 import inspect
 
 import torch
@@ -51,6 +52,37 @@ def find_segments(image_mask: torch.Tensor, tokens_per_image: int) -> list[Segme
             segments.extend(Segment(row, start, tokens_per_image) for start in range(col, end, tokens_per_image))
             col = end
     return segments
+
+
+class _InstanceAttribute:
+    """An attribute set on one model object, removed like a hook handle."""
+
+    def __init__(self, obj, name: str, value) -> None:
+        self.obj, self.name = obj, name
+        setattr(obj, name, value)
+
+    def remove(self) -> None:
+        if self.name in vars(self.obj):
+            delattr(self.obj, self.name)
+
+
+def _guard_generate(model) -> _InstanceAttribute:
+    """Refuse beam search and several sequences per prompt, on this model instance only:
+    transformers splits pre-encoded image features by placeholder count (576 per image)
+    before the forward pass, which pruned features cannot match."""
+    original = type(model).generate.__get__(model)
+
+    @functools.wraps(original)
+    def generate(*args, **kwargs):
+        config = kwargs.get("generation_config") or model.generation_config
+        for name in ("num_beams", "num_return_sequences"):
+            value = kwargs.get(name, getattr(config, name, 1)) or 1
+            if value > 1:
+                raise ValueError(f"{name}={value}: beam search and several sequences per prompt are not "
+                                 "supported with pruning yet; use greedy or sampling with one sequence")
+        return original(*args, **kwargs)
+
+    return _InstanceAttribute(model, "generate", generate)
 
 
 class LlavaAdapter(ModelAdapter):
@@ -91,7 +123,7 @@ class LlavaAdapter(ModelAdapter):
         self.language_model = self.base.language_model
         self._forward_params = list(inspect.signature(self.base.forward).parameters)
         self._stash: dict = {}
-        self._pending: list[torch.Tensor] | None = None  # encoder patch ids awaiting the LM
+        self._pending: tuple | None = None  # the last encoder stage's reduction and patch ids
         self.pruner: DecoderPruner | None = None
 
     def geometry(self) -> ModelGeometry:
@@ -118,6 +150,7 @@ class LlavaAdapter(ModelAdapter):
                 self.base.multi_modal_projector.register_forward_pre_hook(self._projector_pre_hook),
             ]
         handles += self.pruner.register()
+        handles.append(_guard_generate(self.model))
         return handles
 
     def reset(self) -> None:
@@ -156,14 +189,9 @@ class LlavaAdapter(ModelAdapter):
         encoder_patches = encoder_patches.expand(n_images, -1)
         out_patches = torch.cat([encoder_patches.gather(1, reduction.dominant),
                                  encoder_patches.gather(1, reduction.merge.targets)], dim=1)
-        self._pending = out_patches
-        self._pending_record = StageRecord("encoder", None, n_tokens, spec.dominant, spec.contextual)
-        self._pending_record.segments = [
-            SegmentRecord(row=-1, image=i, dominant=reduction.dominant[i], targets=reduction.merge.targets[i],
-                          merged_into=reduction.merge.merged_into[i], input_patches=encoder_patches[i],
-                          output_patches=out_patches[i])
-            for i in range(n_images)
-        ]
+        # Kept until the next encoder pass: generate(use_cache=False) on transformers
+        # 5.23 encodes once and hands the same features to every step's prefill.
+        self._pending = (reduction, encoder_patches, out_patches)
         return (reduced.to(features.dtype),)
 
     # ----------------------------------------------------------------- model
@@ -196,7 +224,8 @@ class LlavaAdapter(ModelAdapter):
         batch, length = input_ids.shape
         self.report = PruningReport(batch, len(self.language_model.layers))
         if not segments:
-            self._pending = None
+            mask = kwargs.get("attention_mask")
+            self.report.output_mask = torch.ones_like(input_ids) if mask is None else mask
             return (), kwargs
         if cache is not None and cache.get_seq_length() > 0:
             raise ValueError("past_key_values: pruning a prompt that continues a non-empty cache is not supported")
@@ -206,13 +235,14 @@ class LlavaAdapter(ModelAdapter):
         mask = torch.ones_like(input_ids) if mask is None else mask
         if mask.ndim != 2:
             raise ValueError("attention_mask: visiondrop needs the 2-D padding mask, not a prepared 4-D mask")
-        pad_side = "right" if bool((mask[:, -1] == 0).any()) else "left"
         original_positions = kwargs.get("position_ids")
         if original_positions is None:
             original_positions = reindexed_positions(mask)
 
         kept = self.schedule.encoder.total if self.schedule.encoder is not None else self.llm_tokens
-        plan = plan_compaction(batch, length, segments, kept, 0, pad_side)
+        # Rows that shrink more get padding on the left, whatever the caller's side:
+        # generate() reads the last column, which must stay each row's last token.
+        plan = plan_compaction(batch, length, segments, kept, 0, pad_side="left")
         source = plan.resolve(torch.arange(kept, device=device).expand(len(segments), -1))
         entry_ids = plan.gather(source, input_ids, fill=self.pad_token_id)
         entry_mask = plan.gather(source, mask, fill=0)
@@ -226,29 +256,34 @@ class LlavaAdapter(ModelAdapter):
             original_length=length,
             entry_mask=entry_mask,
             entry_shift=torch.tensor(plan.removed_per_row, device=device)[:, None],
-            pad_side=pad_side,
             report=self.report,
+            entry_patches=lambda: self._entry_patches(plan.new_segments, device),
+            original_positions=original_positions,
+            original_starts=tuple(s.start for s in segments),
             cache_length=plan.new_length,
         )
-        pruner.start_prefill(session, plan.new_segments, range(len(segments)), entry_positions,
-                             original_positions, [s.start for s in segments],
-                             lambda: self._entry_patches(len(segments), device))
+        pruner.start_prefill(session, plan.new_segments, range(len(segments)), entry_positions)
         return (), kwargs
 
-    def _entry_patches(self, num_images: int, device) -> tuple[torch.Tensor, int]:
-        """Patch ids of each image's tokens at LM entry; adds the encoder record."""
+    def _entry_patches(self, segments, device) -> tuple[torch.Tensor, int]:
+        """Patch ids of each image's tokens at LM entry; adds the encoder stage's record."""
         if self.schedule.encoder is None:
             patches = torch.arange(self.llm_tokens, device=device) - self.patch_offset
-            return patches.expand(num_images, -1), self.patch_offset
-        pending, self._pending = self._pending, None
-        if pending is None or pending.shape[0] != num_images:
-            raise RuntimeError(f"visiondrop: {num_images} images in input_ids but the encoder stage saw "
-                               f"{0 if pending is None else pending.shape[0]} (beam search is not supported)")
-        record = self._pending_record
-        for segment, seg_record in zip(self.pruner.session.layout.segments, record.segments):
-            seg_record.row = segment.row
+            return patches.expand(len(segments), -1), self.patch_offset
+        if self._pending is None or self._pending[2].shape[0] != len(segments):
+            seen = 0 if self._pending is None else self._pending[2].shape[0]
+            raise RuntimeError(f"visiondrop: {len(segments)} images in input_ids but the encoder stage saw {seen}")
+        reduction, encoder_patches, out_patches = self._pending
+        spec = self.schedule.encoder
+        record = StageRecord("encoder", None, encoder_patches.shape[1], spec.dominant, spec.contextual)
+        record.segments = [
+            SegmentRecord(row=segment.row, image=i, dominant=reduction.dominant[i],
+                          targets=reduction.merge.targets[i], merged_into=reduction.merge.merged_into[i],
+                          input_patches=encoder_patches[i], output_patches=out_patches[i])
+            for i, segment in enumerate(segments)
+        ]
         self.report.stages.insert(0, record)
-        return pending.to(device), self.patch_offset
+        return out_patches.to(device), self.patch_offset
 
     def _decode_step(self, kwargs, cache):
         pruner = self.pruner
