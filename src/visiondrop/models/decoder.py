@@ -3,8 +3,8 @@
 The decoder loop (``LlamaModel.forward``) builds one causal mask and one RoPE table
 and hands them to every layer. Once a stage shortens the sequence, every later
 layer needs a mask, RoPE table and position ids of the new length; pre-hooks
-registered on each layer of this one model replace them (see
-docs/transformers-notes in shared/notes: "What breaks when the sequence shortens").
+registered on each layer of this one model replace them. Layer 0 is never pruned:
+``generate()`` sizes masks and positions from layer 0's cache.
 
 State lives in a :class:`Session`: one prefill and the decode steps that follow it.
 In decode each stage's layers see a cache shorter than layer 0's, so their mask is
@@ -105,7 +105,6 @@ class DecoderPruner:
         self.method = method
         self.positions = positions
         self.stage_specs = dict(zip(schedule.layers or (), schedule.llm))
-        self.num_layers = len(language_model.layers)
         self.session: Session | None = None
         self._pruned_caches: weakref.WeakSet = weakref.WeakSet()
 
