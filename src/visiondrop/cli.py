@@ -1,11 +1,13 @@
-"""Command line: ``visiondrop generate`` and ``visiondrop methods``."""
+"""Command line: ``visiondrop generate``, ``methods``, ``demo`` and ``fidelity``."""
 
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 
 LLAVA_PROMPT = "USER: <image>\n{prompt} ASSISTANT:"
+FIDELITY_BUDGETS = (192, 128, 64, 32, 16)  # as visiondrop.eval.fidelity.DEFAULT_BUDGETS (not imported: lazy)
 
 
 def _budget(value: str) -> int | None:
@@ -36,8 +38,28 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--attn", default="sdpa", help="attention backend: sdpa, eager, flash_attention_2")
 
     commands.add_parser("methods", help="list the pruning methods")
-    demo = commands.add_parser("demo", help="VisionDrop end to end on a tiny LLaVA built in code")
-    demo.add_argument("--max-new-tokens", type=int, default=8)
+    demo = commands.add_parser("demo", help="VisionDrop end to end on the shipped shapes-llava, on CPU")
+    demo.add_argument("--scenes", type=int, default=4, help="held-out scenes to ask about, 6 questions each")
+    demo.add_argument("--figure-budget", type=int, default=64, help="budget whose stages the PNG shows")
+    demo.add_argument("--out", default="visiondrop-demo.png", help="PNG to write")
+    demo.add_argument("--model", default=None, help="checkpoint folder (default: the shipped model)")
+
+    fid = commands.add_parser(
+        "fidelity", help="ShapesVQA accuracy of every method at several budgets (tables and plot)",
+        description="Answer the ShapesVQA held-out questions with the full model and with every pruning method "
+                    "at every budget; write fidelity.json, fidelity.md and fidelity.png.")
+    fid.add_argument("--model", default=None,
+                     help="shapes-llava checkpoint folder (default: the shipped model in visiondrop/zoo/shapes-llava)")
+    fid.add_argument("--methods", default=None, help="comma list of methods (default: every registered method)")
+    fid.add_argument("--budgets", default=",".join(map(str, FIDELITY_BUDGETS)),
+                     help="comma list of visual-token budgets; the full model always runs "
+                          f"(default {','.join(map(str, FIDELITY_BUDGETS))})")
+    fid.add_argument("--limit", default=None, help="only the first N held-out questions (default: all 2,040)")
+    fid.add_argument("--batch-size", default="32", help="questions per forward pass (default 32)")
+    fid.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available, else cpu)")
+    fid.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
+                     help="model dtype (default float32)")
+    fid.add_argument("--out", default="docs/fidelity", help="output folder (default docs/fidelity)")
     return parser
 
 
@@ -101,11 +123,111 @@ def methods(args: argparse.Namespace) -> int:
 def demo(args: argparse.Namespace) -> int:
     from .demo import run
 
-    return run(max_new_tokens=args.max_new_tokens)
+    try:
+        return run(num_scenes=args.scenes, figure_budget=args.figure_budget, out=args.out, model_path=args.model)
+    except (ValueError, FileNotFoundError) as error:
+        print(f"visiondrop: {error}", file=sys.stderr)
+        return 2
+
+
+class _BadArgument(Exception):
+    def __init__(self, option: str, message: str) -> None:
+        super().__init__(f"{option}: {message}")
+
+
+def _positive_int(option: str, value: str, most: int | None = None) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        number = 0
+    if number < 1 or (most is not None and number > most):
+        span = f"in [1, {most:,}]" if most is not None else ">= 1"
+        raise _BadArgument(option, f"must be an integer {span}, got {value!r}")
+    return number
+
+
+def _fidelity_options(args: argparse.Namespace):
+    """Everything but the model checked: (methods, budgets, limit, batch_size, device, dtype)."""
+    import torch
+
+    from .eval import fidelity as fid
+
+    try:
+        if args.methods is None:
+            methods = fid.normalize_methods(None)
+        else:
+            names = [name.strip() for name in args.methods.split(",")]
+            if not all(names):
+                raise _BadArgument("--methods", f"expected a comma list of method names, got {args.methods!r}")
+            methods = fid.normalize_methods(names)
+        budgets = []
+        for word in (w.strip() for w in args.budgets.split(",")):
+            if word == "full":
+                continue
+            try:
+                budgets.append(int(word))
+            except ValueError:
+                raise _BadArgument("--budgets", f"expected a comma list of integers (or 'full'), got {word!r} "
+                                   f"in {args.budgets!r}") from None
+        budgets = fid.normalize_budgets(budgets)
+    except fid.FidelityConfigError as error:
+        raise _BadArgument("--" + error.parameter.replace("_", "-"), error.message) from None
+    limit = None if args.limit is None else _positive_int("--limit", args.limit, fid.HELDOUT_QUESTIONS)
+    batch_size = _positive_int("--batch-size", args.batch_size)
+    try:
+        device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    except RuntimeError as error:
+        raise _BadArgument("--device", str(error)) from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise _BadArgument("--device", f"{args.device!r} asked for, but CUDA is not available")
+    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[args.dtype]
+    return methods, budgets, limit, batch_size, device, dtype
+
+
+def fidelity(args: argparse.Namespace, argv: list[str]) -> int:
+    from pathlib import Path
+
+    try:
+        methods, budgets, limit, batch_size, device, dtype = _fidelity_options(args)
+        out = Path(args.out)
+        if out.exists() and not out.is_dir():
+            raise _BadArgument("--out", f"{args.out!r} exists and is not a folder")
+    except _BadArgument as error:
+        print(f"visiondrop: {error}", file=sys.stderr)
+        return 2
+
+    from .data import shapes
+    from .eval import fidelity as fid
+    from .eval.vqa import items_of
+    from .zoo.shapes_llava import load_shapes_llava
+
+    try:
+        model, processor = load_shapes_llava(args.model, device=device, dtype=dtype)
+    except (FileNotFoundError, OSError) as error:
+        print(f"visiondrop: --model: {error}", file=sys.stderr)
+        return 2
+    try:
+        fid.check_arguments(model, methods, budgets, batch_size)  # budgets the model cannot take, before any compute
+    except fid.FidelityConfigError as error:
+        print(f"visiondrop: --{error.parameter.replace('_', '-')}: {error.message}", file=sys.stderr)
+        return 2
+    questions = limit or shapes.HELDOUT_SCENES * len(shapes.KINDS)
+    items = items_of(shapes.heldout(min(shapes.HELDOUT_SCENES, -(-questions // len(shapes.KINDS)))), limit)
+    result = fid.run_fidelity(model, processor, items, methods, budgets, batch_size=batch_size,
+                          model_name="shapes-llava" if args.model is None else args.model,
+                          command="visiondrop " + shlex.join(argv))
+    paths = fid.save(result, out)
+    print(fid.to_markdown(result))
+    for path in paths.values():
+        print(f"wrote {path}")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
+    if args.command == "fidelity":
+        return fidelity(args, argv)
     return {"generate": generate, "methods": methods, "demo": demo}[args.command](args)
 
 

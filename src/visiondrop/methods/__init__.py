@@ -28,6 +28,7 @@ def available_methods() -> dict[str, str]:
     return {name: cls.summary for name, cls in sorted(_REGISTRY.items())}
 
 
+from . import random as _random  # noqa  (registers itself)
 from . import visiondrop as _visiondrop  # noqa: E402,F401  (registers itself)
 
 __all__ = [

@@ -1,0 +1,1 @@
+"""Evaluation tools built on the library: ShapesVQA answering and the fidelity benchmark."""

@@ -1,0 +1,1 @@
+"""Models this project trains and ships (see shapes_llava)."""

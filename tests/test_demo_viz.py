@@ -1,0 +1,61 @@
+"""The demo on the shipped model, and the stage pictures it draws."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from visiondrop.cli import main
+from visiondrop.report import SegmentRecord
+from visiondrop.viz import stage_panel
+
+
+def test_stage_panel_marks_kept_merged_and_dropped_patches():
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, size=(28, 42, 3), dtype=np.uint8)  # 2 x 3 patches of 14
+    # Encoder-style stage: CLS (patch -1) + 6 patches; keep CLS and patch 4, merge 0/1/2
+    # into one contextual token (target patch 1), drop nothing else (3 and 5 dropped).
+    segment = SegmentRecord(row=0, image=0, dominant=torch.tensor([0, 5]), targets=torch.tensor([2]),
+                            merged_into=torch.tensor([-1, 0, 0, 0, -1, -1, -1]),
+                            input_patches=torch.tensor([-1, 0, 1, 2, 3, 4, 5]),
+                            output_patches=torch.tensor([-1, 4, 1]))
+    panel = np.asarray(stage_panel(image, segment, 14)).astype(int)
+    cell = {p: (slice((p // 3) * 14, (p // 3 + 1) * 14), slice((p % 3) * 14, (p % 3 + 1) * 14)) for p in range(6)}
+    inner = (slice(1, -1), slice(1, -1))  # away from the outlines
+
+    def interior(p, array):
+        return array[cell[p]][inner]
+
+    assert np.array_equal(interior(4, panel), interior(4, image.astype(int)))  # dominant: as is
+    for dropped in (3, 5):
+        assert np.all(interior(dropped, panel) <= interior(dropped, image.astype(int)) * 0.25 + 1)
+    tinted = [interior(p, panel) for p in (0, 1, 2)]
+    for p, patch in zip((0, 1, 2), tinted):
+        assert not np.array_equal(patch, interior(p, image.astype(int)))
+        assert not np.all(patch <= interior(p, image.astype(int)) * 0.25 + 1)  # not darkened like a drop
+    # One contextual token: the same tint on its three patches (equal offsets from 0.45 x image).
+    offsets = [patch - 0.45 * interior(p, image.astype(int)) for p, patch in zip((0, 1, 2), tinted)]
+    assert np.allclose(offsets[0].mean((0, 1)), offsets[2].mean((0, 1)), atol=2)
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_demo_runs_on_the_shipped_model(tmp_path, capsys):
+    out = tmp_path / "demo.png"
+    assert main(["demo", "--scenes", "1", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    for run in ("full", "budget 192", "budget 128", "budget 64", "budget 32"):
+        assert f"\n{run} " in text
+    assert text.count("%") >= 5 and "wrote" in text
+    figure = Image.open(out)
+    # One scene: input + encoder + 3 LLM stages = 5 panels of 336 px, side by side.
+    assert figure.width > 5 * 336 and 336 < figure.height < 2 * 336
+
+
+@pytest.mark.parametrize("args, detail", [(["--scenes", "0"], "num_scenes"),
+                                          (["--figure-budget", "50"], "figure_budget"),
+                                          (["--model", "/nonexistent/folder"], "no shapes-llava checkpoint")])
+def test_demo_bad_arguments_exit_2(args, detail, capsys, tmp_path):
+    assert main(["demo", "--out", str(tmp_path / "x.png"), *args]) == 2
+    assert detail in capsys.readouterr().err
