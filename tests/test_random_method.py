@@ -53,13 +53,12 @@ def test_same_patches_for_every_image_batch_and_order_and_seed_changes_them(mode
 
 def test_cls_is_never_chosen(model):
     batch = image_prompt(model, [5])
-    for seed in range(20):
-        with torch.no_grad(), visiondrop.apply(model, "random", budget=576, seed=seed) as handle:
-            model(**batch)
-        seg = handle.report.stages[0].segments[0]
-        assert seg.dominant.tolist() == list(range(1, 577))  # all patches, no CLS
-        assert (seg.output_patches >= 0).all()
-    for seed in range(20):
+    with torch.no_grad(), visiondrop.apply(model, "random", budget=576) as handle:
+        model(**batch)
+    seg = handle.report.stages[0].segments[0]
+    assert seg.dominant.tolist() == list(range(1, 577))  # all patches, no CLS
+    assert (seg.output_patches >= 0).all()
+    for seed in range(6):
         with torch.no_grad(), visiondrop.apply(model, "random", budget=8, seed=seed) as handle:
             model(**batch)
         seg = handle.report.stages[0].segments[0]
@@ -112,6 +111,7 @@ def test_encoder_without_cls_draws_from_every_token(siglip_model):
         ({"schedule": Schedule(encoder=(8, 0))}, "schedule"),
         ({"budget": 8, "positions": "bogus"}, "positions"),
         ({"budget": 8, "seed": 1.5}, "seed"),
+        ({"budget": 8, "seed": 2**64}, "seed"),
     ],
 )
 def test_bad_options_raise_naming_the_parameter(model, options, parameter):

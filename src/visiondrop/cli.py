@@ -39,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     commands.add_parser("methods", help="list the pruning methods")
     demo = commands.add_parser("demo", help="VisionDrop end to end on the shipped shapes-llava, on CPU")
-    demo.add_argument("--scenes", type=int, default=4, help="held-out scenes to ask about, 6 questions each")
+    demo.add_argument("--scenes", type=int, default=4, help="held-out scenes to ask about, 6 questions each (1-16)")
     demo.add_argument("--figure-budget", type=int, default=64, help="budget whose stages the PNG shows")
     demo.add_argument("--out", default="visiondrop-demo.png", help="PNG to write")
     demo.add_argument("--model", default=None, help="checkpoint folder (default: the shipped model)")
@@ -59,7 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     fid.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available, else cpu)")
     fid.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
                      help="model dtype (default float32)")
-    fid.add_argument("--out", default="docs/fidelity", help="output folder (default docs/fidelity)")
+    fid.add_argument("--out", default="fidelity-results",
+                     help="output folder (default ./fidelity-results; the committed results: --out docs/fidelity)")
     return parser
 
 

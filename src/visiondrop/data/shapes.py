@@ -17,6 +17,9 @@ colour     what colour is the object at the top-left ?                   red ...
 shape      what shape is the object at the center ?                      circle ...
 count      how many objects / red objects / circles are there ?           0 ... 6
 relation   is the red circle left of the blue square ?                   yes / no
+           (by grid cell: "left of" = a column further left, "above" = a row
+           higher; two objects in one column are neither left nor right of
+           each other, even when their centres differ)
 read       what is written at the bottom ?                               A, 7 ...
 =========  ============================================================  ==========
 
@@ -130,7 +133,7 @@ class Scene:
         blocks = self.owner.reshape(n, PATCH_SIZE, n, PATCH_SIZE).transpose(0, 2, 1, 3).reshape(n, n, -1)
         counts = np.stack([(blocks == i).sum(-1) for i in range(items)], -1)
         best = counts.argmax(-1)
-        covered = counts.max(-1) >= min_cover * PATCH_SIZE * PATCH_SIZE
+        covered = counts.max(-1) >= max(1.0, min_cover * PATCH_SIZE * PATCH_SIZE)
         return np.where(covered, best, -1)
 
 

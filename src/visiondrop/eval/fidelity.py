@@ -303,9 +303,7 @@ def run_fidelity(model, processor, items: Sequence[Item], methods: Iterable[str]
     is bad.
     """
     import torch
-    from tqdm.auto import tqdm
 
-    import visiondrop
 
     items = list(items)
     if not items:
@@ -316,23 +314,15 @@ def run_fidelity(model, processor, items: Sequence[Item], methods: Iterable[str]
 
     param = next(model.parameters())
     sync = (lambda: torch.cuda.synchronize(param.device)) if param.device.type == "cuda" else (lambda: None)
-    answer(model, processor, items[:1])  # warm-up (first-call costs), so that no run's seconds include it
-    runs = [(FULL, None)] + [(method, budget) for method in method_list for budget in budget_list]
-    outcomes: list[tuple[str, int | None, list[str], float]] = []
-    bar = tqdm(runs, desc="fidelity", unit="run", disable=not progress)
-    for method, budget in bar:
-        bar.set_postfix_str(FULL if budget is None else f"{method} @ {budget}")
-        sync()
-        start = time.perf_counter()
-        if budget is None:
-            answers = answer(model, processor, items, batch_size=batch_size)
-        else:
-            name, options = parse_method(method)
-            with visiondrop.apply(model, name, budget=budget, **options):
-                answers = answer(model, processor, items, batch_size=batch_size)
-        sync()
-        outcomes.append((method, budget, answers, round(time.perf_counter() - start, 3)))
-
+    # float32 means float32: cuDNN's default TF32 convolutions (CLIP's patch embedding)
+    # shift scores enough to change a few kept tokens, and then GPU and CPU tables differ.
+    tf32 = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    if param.dtype == torch.float32:
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        outcomes = _run_all(model, processor, items, method_list, budget_list, batch_size, progress, sync)
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = tf32
     entries: list[Entry] = []
     full_overall = None
     for method, budget, answers, seconds in outcomes:
@@ -364,6 +354,32 @@ def run_fidelity(model, processor, items: Sequence[Item], methods: Iterable[str]
         seconds=round(sum(e.seconds for e in entries), 3),
     )
     return FidelityResult(metadata, tuple(entries))
+
+
+def _run_all(model, processor, items, method_list, budget_list, batch_size, progress, sync):
+    """Answer ``items`` unpruned, then once per (method, budget): ``[(method, budget, answers, seconds)]``."""
+    from tqdm.auto import tqdm
+
+    import visiondrop
+
+    answer(model, processor, items[:1])  # warm-up (first-call costs), so that no run's seconds include it
+    runs = [(FULL, None)] + [(method, budget) for method in method_list for budget in budget_list]
+    outcomes: list[tuple[str, int | None, list[str], float]] = []
+    bar = tqdm(runs, desc="fidelity", unit="run", disable=not progress)
+    for method, budget in bar:
+        bar.set_postfix_str(FULL if budget is None else f"{method} @ {budget}")
+        sync()
+        start = time.perf_counter()
+        if budget is None:
+            answers = answer(model, processor, items, batch_size=batch_size)
+        else:
+            name, options = parse_method(method)
+            with visiondrop.apply(model, name, budget=budget, **options):
+                answers = answer(model, processor, items, batch_size=batch_size)
+        sync()
+        outcomes.append((method, budget, answers, round(time.perf_counter() - start, 3)))
+
+    return outcomes
 
 
 def _versions() -> dict[str, str]:

@@ -40,6 +40,10 @@ def answer(model, processor, items: Sequence[Item], batch_size: int = 32, progre
     and returns the first; the default, one forward pass, gives the same token."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if getattr(processor.tokenizer, "padding_side", "left") != "left":
+        # The answer is read at the last column, which is every row's last token only with left padding.
+        raise ValueError("processor: the tokenizer must pad on the left (processor.tokenizer.padding_side = 'left'), "
+                         f"got {processor.tokenizer.padding_side!r}")
     device = next(model.parameters()).device
     dtype = next(model.parameters()).dtype
     answers: list[str] = []

@@ -67,6 +67,8 @@ class RandomPruning(PruningMethod):
                              "schedule=... is not supported")
         if isinstance(cfg.seed, bool) or not isinstance(cfg.seed, int):
             raise ValueError(f"seed must be an int, got {cfg.seed!r}")  # noqa: TRY004  (as budget)
+        if not -(2**63) <= cfg.seed < 2**64:  # torch.Generator.manual_seed's range
+            raise ValueError(f"seed must be in [-2**63, 2**64), got {cfg.seed}")
         if cfg.budget is None:
             raise ValueError("budget: method 'random' needs budget=... (visual tokens per image)")
         if isinstance(cfg.budget, bool) or not isinstance(cfg.budget, int):
