@@ -87,6 +87,23 @@ class Reduction:
     merge: ContextualMerge
 
 
+POSITION_POLICIES = ("reindex", "keep")
+
+
+def check_positions(positions: str) -> None:
+    """The ``positions`` option every method shares (see :class:`~visiondrop.methods.visiondrop.VisionDropConfig`)."""
+    if positions not in POSITION_POLICIES:
+        raise ValueError(f"positions must be one of {POSITION_POLICIES}, got {positions!r}")
+
+
+def check_budget(budget, maximum: int) -> None:
+    """``budget`` must be an int in ``[1, maximum]`` (visual tokens per image)."""
+    if isinstance(budget, bool) or not isinstance(budget, int):
+        raise ValueError(f"budget must be an int, got {budget!r}")
+    if not 1 <= budget <= maximum:
+        raise ValueError(f"budget must be in [1, {maximum}] (visual tokens per image of this model), got {budget}")
+
+
 class PruningMethod(ABC):
     """Base class of registered methods. Subclasses set ``name``, ``summary`` and
     ``Config`` (a dataclass) and implement :meth:`plan` and the reductions."""

@@ -27,9 +27,7 @@ from ..core.merging import contextual_merge
 from ..core.selection import select_dominant
 from ..schedule import Schedule, StageSpec
 from . import register_method
-from .base import EncoderStage, ModelGeometry, PruningMethod, Reduction
-
-POSITION_POLICIES = ("reindex", "keep")
+from .base import EncoderStage, ModelGeometry, PruningMethod, Reduction, check_budget, check_positions
 
 
 @dataclass
@@ -60,8 +58,7 @@ class RandomPruning(PruningMethod):
 
     def plan(self, geometry: ModelGeometry) -> Schedule:
         cfg = self.config
-        if cfg.positions not in POSITION_POLICIES:
-            raise ValueError(f"positions must be one of {POSITION_POLICIES}, got {cfg.positions!r}")
+        check_positions(cfg.positions)
         if cfg.schedule is not None:
             raise ValueError("schedule: method 'random' takes only budget=... (one stage at the LLM input); "
                              "schedule=... is not supported")
@@ -71,14 +68,9 @@ class RandomPruning(PruningMethod):
             raise ValueError(f"seed must be in [-2**63, 2**64), got {cfg.seed}")
         if cfg.budget is None:
             raise ValueError("budget: method 'random' needs budget=... (visual tokens per image)")
-        if isinstance(cfg.budget, bool) or not isinstance(cfg.budget, int):
-            raise ValueError(f"budget must be an int, got {cfg.budget!r}")  # noqa: TRY004  (as visiondrop)
         # Only patches are candidates (CLS is never kept), and no more than the image's placeholders.
         available = min(geometry.llm_tokens, geometry.encoder_tokens - int(geometry.has_cls))
-        if not 1 <= cfg.budget <= available:
-            raise ValueError(
-                f"budget must be in [1, {available}] (visual tokens per image of this model), got {cfg.budget}"
-            )
+        check_budget(cfg.budget, available)
         schedule = Schedule(encoder=StageSpec(cfg.budget, 0))
         return schedule.validated(geometry.num_layers, available, geometry.llm_tokens)
 

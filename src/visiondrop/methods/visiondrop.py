@@ -21,9 +21,8 @@ from ..core.scoring import cls_attention_scores, received_attention_scores, visu
 from ..core.selection import select_dominant
 from ..schedule import Schedule, StageSpec, schedule_from_budget
 from . import register_method
-from .base import DecoderStage, EncoderStage, ModelGeometry, PruningMethod, Reduction
+from .base import DecoderStage, EncoderStage, ModelGeometry, PruningMethod, Reduction, check_budget, check_positions
 
-POSITION_POLICIES = ("reindex", "keep")
 ENCODER_SCORES = ("auto", "cls", "received")
 
 
@@ -63,8 +62,7 @@ class VisionDrop(PruningMethod):
 
     def plan(self, geometry: ModelGeometry) -> Schedule:
         cfg = self.config
-        if cfg.positions not in POSITION_POLICIES:
-            raise ValueError(f"positions must be one of {POSITION_POLICIES}, got {cfg.positions!r}")
+        check_positions(cfg.positions)
         if cfg.encoder_score not in ENCODER_SCORES:
             raise ValueError(f"encoder_score must be one of {ENCODER_SCORES}, got {cfg.encoder_score!r}")
         if cfg.encoder_score == "cls" and not geometry.has_cls:
@@ -80,13 +78,7 @@ class VisionDrop(PruningMethod):
         encoder_available = min(geometry.llm_tokens,
                                 geometry.encoder_tokens - (1 if geometry.has_cls and not cfg.keep_cls else 0))
         if cfg.budget is not None:
-            if isinstance(cfg.budget, bool) or not isinstance(cfg.budget, int):
-                raise ValueError(f"budget must be an int, got {cfg.budget!r}")
-            if not 1 <= cfg.budget <= geometry.llm_tokens:
-                raise ValueError(
-                    f"budget must be in [1, {geometry.llm_tokens}] (visual tokens per image of this model), "
-                    f"got {cfg.budget}"
-                )
+            check_budget(cfg.budget, geometry.llm_tokens)
             schedule = schedule_from_budget(
                 cfg.budget,
                 geometry.num_layers,
