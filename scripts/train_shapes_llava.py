@@ -51,6 +51,7 @@ from visiondrop.zoo.shapes_llava import (
 )
 
 GRID_CELLS = shapes.GRID * shapes.GRID
+VISION_FILE = "vision_tower.safetensors"  # stage-1 result of --stage vision (float32)
 COLOUR_IDS = {c: i + 1 for i, c in enumerate(shapes.COLOURS)}  # 0 = nothing there
 SHAPE_IDS = {s: i + 1 for i, s in enumerate(shapes.SHAPES)}
 CHAR_IDS = {c: i + 1 for i, c in enumerate(CHARACTERS)}
@@ -224,30 +225,50 @@ def train(args) -> dict:
     cell_labels_gpu = torch.from_numpy(cell_labels).long().to(device)
     counts_gpu = torch.from_numpy(counts).to(device)
 
-    # Stage 1: the vision encoder.
-    heads = VisionHeads(vision.config.hidden_size).to(device)
-    params = list(vision.parameters()) + list(heads.parameters())
-    opt = torch.optim.AdamW(params, lr=args.vision_lr, weight_decay=0.05, betas=(0.9, 0.98))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if args.vision_from is not None:  # stage 1 was run by an earlier call (--stage vision)
+        from safetensors.torch import load_file
 
-    def vision_step(step):
-        idx = torch.randint(len(images_gpu), (args.vision_batch,), device=device)
-        with torch.autocast(**amp):
-            out = vision(pixel_values(images_gpu[idx]), output_hidden_states=True)
-            loss, terms = heads.loss(out.pooler_output.float(), out.hidden_states[-2][:, 1:].float(),
-                                     cell_labels_gpu[idx], counts_gpu[idx], patch_labels_gpu[idx])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        return {"loss": loss.detach(), **{k: v.detach() for k, v in terms.items()}}
+        vision.load_state_dict(load_file(args.vision_from))
+        vision.eval().requires_grad_(False)
+        vision_steps, vision_time = 0, 0.0
+    else:
+        # Stage 1: the vision encoder.
+        heads = VisionHeads(vision.config.hidden_size).to(device)
+        params = list(vision.parameters()) + list(heads.parameters())
+        opt = torch.optim.AdamW(params, lr=args.vision_lr, weight_decay=0.05, betas=(0.9, 0.98))
 
-    vision.train()
-    t1 = time.time()
-    vision_steps = timed_loop("vision", args.vision_seconds, args.max_steps, vision_step, opt, args.vision_lr,
-                              args.warmup, log)
-    vision_time = time.time() - t1
-    vision.eval().requires_grad_(False)
-    heads = opt = None  # free memory (the closures above are done with them)
+        def vision_step(step):
+            idx = torch.randint(len(images_gpu), (args.vision_batch,), device=device)
+            with torch.autocast(**amp):
+                out = vision(pixel_values(images_gpu[idx]), output_hidden_states=True)
+                loss, terms = heads.loss(out.pooler_output.float(), out.hidden_states[-2][:, 1:].float(),
+                                         cell_labels_gpu[idx], counts_gpu[idx], patch_labels_gpu[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+            return {"loss": loss.detach(), **{k: v.detach() for k, v in terms.items()}}
+
+        vision.train()
+        t1 = time.time()
+        vision_steps = timed_loop("vision", args.vision_seconds, args.max_steps, vision_step, opt, args.vision_lr,
+                                  args.warmup, log)
+        vision_time = time.time() - t1
+        vision.eval().requires_grad_(False)
+        heads = opt = None  # free memory (the closures above are done with them)
+    if args.stage == "vision":
+        from safetensors.torch import save_file
+
+        path = out / VISION_FILE
+        save_file({k: v.detach().float().contiguous().cpu() for k, v in vision.state_dict().items()}, path)
+        (out / "vision_log.json").write_text(json.dumps({"command": "python " + " ".join(sys.argv),
+                                                          "steps": vision_steps, "seconds": round(vision_time, 1),
+                                                          "log": log}, indent=1) + "\n")
+        print(f"vision stage done: {path} (continue with --vision-from {path})", flush=True)
+        return {"total_seconds": round(time.time() - t0, 1)}
+
 
     # Stage 2: projector + LM on frozen ViT features (penultimate layer, CLS dropped).
     with torch.no_grad(), torch.autocast(**amp):
@@ -294,8 +315,6 @@ def train(args) -> dict:
     model.eval()
     features = None
 
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     model.generation_config.pad_token_id = PAD_ID
     model.generation_config.eos_token_id = EOS_ID
     model.to(torch.float16).save_pretrained(out)  # fp16 on disk: 20 MB; loads as float32 on CPU
@@ -321,7 +340,7 @@ def train(args) -> dict:
                  "heldout_questions": len(items)},
         "data_seconds": round(data_time, 1),
         "stage1_vision": {"steps": vision_steps, "batch": args.vision_batch, "lr": args.vision_lr,
-                          "seconds": round(vision_time, 1)},
+                          "seconds": round(vision_time, 1), "loaded_from": args.vision_from},
         "stage2_projector_lm": {"steps": lm_steps, "batch": args.lm_batch, "lr": args.lm_lr,
                                 "seconds": round(lm_time, 1)},
         "total_seconds": round(time.time() - t0, 1),
@@ -348,6 +367,10 @@ def main(argv=None) -> int:
     parser.add_argument("--lm-lr", type=float, default=1.5e-3)
     parser.add_argument("--warmup", type=int, default=300)
     parser.add_argument("--eval-scenes", type=int, default=shapes.HELDOUT_SCENES)
+    parser.add_argument("--stage", choices=("all", "vision"), default="all",
+                        help="'vision': run stage 1 only and save vision_tower.safetensors to --out, so that a "
+                             "longer stage 2 can run in a later call with --vision-from")
+    parser.add_argument("--vision-from", default=None, help="skip stage 1: load the ViT from this safetensors file")
     parser.add_argument("--smoke", action="store_true", help="a seconds-long CPU run that checks the script")
     args = parser.parse_args(argv)
     if args.smoke:
@@ -357,6 +380,10 @@ def main(argv=None) -> int:
     for name in ("scenes", "workers", "max_steps", "vision_batch", "lm_batch", "eval_scenes"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1")
+    if args.stage == "vision" and args.vision_from:
+        parser.error("--vision-from skips stage 1; it cannot be combined with --stage vision")
+    if args.vision_from and not Path(args.vision_from).is_file():
+        parser.error(f"--vision-from: no such file {args.vision_from!r}")
     if args.eval_scenes > shapes.HELDOUT_SCENES:
         parser.error(f"--eval-scenes must be <= {shapes.HELDOUT_SCENES} (the held-out set)")
     summary = train(args)

@@ -1,0 +1,61 @@
+"""scripts/train_shapes_llava.py end to end at smoke size (seconds, CPU), including the
+two-call split (stage 1 in one call, a longer stage 2 in the next)."""
+
+from __future__ import annotations
+
+import json
+import runpy
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "train_shapes_llava.py"
+
+
+def run_script(*argv: str) -> None:
+    old = sys.argv
+    sys.argv = [str(SCRIPT), *argv]
+    try:
+        with pytest.raises(SystemExit) as done:
+            runpy.run_path(str(SCRIPT), run_name="__main__")
+        assert done.value.code == 0
+    finally:
+        sys.argv = old
+
+
+def test_vision_stage_then_lm_stage(tmp_path):
+    first, second = tmp_path / "vision", tmp_path / "model"
+    run_script("--out", str(first), "--smoke", "--stage", "vision")
+    vision_file = first / "vision_tower.safetensors"
+    assert vision_file.is_file() and not (first / "config.json").exists()  # stage 1 only
+    saved = load_file(vision_file)
+    run_script("--out", str(second), "--smoke", "--vision-from", str(vision_file))
+    from visiondrop.zoo.shapes_llava import load_shapes_llava
+
+    model, _ = load_shapes_llava(second)
+    tower = model.model.vision_tower.state_dict()
+    assert saved.keys() == tower.keys()
+    for name, value in saved.items():  # the LM stage kept the loaded ViT (saved in fp16)
+        assert torch.allclose(tower[name], value, atol=2e-3, rtol=1e-2), name
+    log = json.loads((second / "training_log.json").read_text())
+    assert log["stage1_vision"]["loaded_from"] == str(vision_file) and log["stage1_vision"]["steps"] == 0
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--stage", "vision", "--vision-from", "x.safetensors"], "cannot be combined"),
+    (["--vision-from", "/nonexistent.safetensors"], "--vision-from: no such file"),
+    (["--scenes", "0"], "--scenes must be >= 1"),
+])
+def test_bad_arguments(tmp_path, capsys, argv, message):
+    old = sys.argv
+    sys.argv = [str(SCRIPT), "--out", str(tmp_path / "o"), *argv]
+    try:
+        with pytest.raises(SystemExit) as done:
+            runpy.run_path(str(SCRIPT), run_name="__main__")
+    finally:
+        sys.argv = old
+    assert done.value.code == 2
+    assert message in capsys.readouterr().err
