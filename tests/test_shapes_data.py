@@ -172,6 +172,25 @@ def test_answers_follow_from_the_scene(heldout):
     assert not wrong, f"{len(wrong)} answers disagree with their scene, e.g. {wrong[:3]}"
 
 
+def test_relation_answers_agree_with_the_pixels(heldout):
+    """Relations are asked only where the pixels settle them: the objects' painted
+    extents do not overlap along the asked axis, and their order gives the answer."""
+    checked = 0
+    for scene, q in _questions(heldout):
+        if q.kind != "relation":
+            continue
+        match = RELATION.fullmatch(q.text)
+        index = {o.name: k for k, o in enumerate(scene.objects)}
+        (ya, xa), (yb, xb) = (np.nonzero(scene.owner == index[f"{match[g]} {match[g + 1]}"]) for g in (1, 4))
+        a, b = (xa, xb) if match[3] in ("left of", "right of") else (ya, yb)
+        assert a.max() < b.min() or b.max() < a.min(), f"scene {scene.index}: {q.text} is ambiguous in the image"
+        before = a.max() < b.min()
+        truth = before if match[3] in ("left of", "above") else not before
+        assert q.answer == _yes(truth), (scene.index, q.text, q.answer)
+        checked += 1
+    assert checked == len(heldout)
+
+
 def test_answers_are_not_degenerate(heldout):
     """Each kind's answers vary (a test set a constant answer could pass is useless)."""
     by_kind: dict[str, Counter] = {kind: Counter() for kind in shapes.KINDS}

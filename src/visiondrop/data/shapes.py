@@ -18,8 +18,8 @@ shape      what shape is the object at the center ?                      circle 
 count      how many objects / red objects / circles are there ?           0 ... 6
 relation   is the red circle left of the blue square ?                   yes / no
            (by grid cell: "left of" = a column further left, "above" = a row
-           higher; two objects in one column are neither left nor right of
-           each other, even when their centres differ)
+           higher; asked only along an axis where the two cells differ, so
+           the pixels agree with the answer)
 read       what is written at the bottom ?                               A, 7 ...
 =========  ============================================================  ==========
 
@@ -294,8 +294,11 @@ def _ask(rng: np.random.Generator, scene: Scene) -> list[Question]:
     a, b = (objects[int(k)] for k in rng.choice(len(objects), size=2, replace=False))
     (ax, ay), (bx, by) = divmod(a.cell, GRID)[::-1], divmod(b.cell, GRID)[::-1]
     truth = {"left of": ax < bx, "right of": ax > bx, "above": ay < by, "below": ay > by}
+    # Only ask along an axis where the two cells differ: every object lies inside its
+    # cell, so the answer is then also plain from the pixels (no "neither" case).
+    askable = [r for r in RELATIONS if (ax != bx if r in ("left of", "right of") else ay != by)]
     want = rng.random() < 0.5
-    pool = [r for r in RELATIONS if truth[r] == want] or list(RELATIONS)
+    pool = [r for r in askable if truth[r] == want]
     relation = pool[int(rng.integers(len(pool)))]
     questions.append(Question(i, "relation", f"is the {a.name} {relation} the {b.name} ?",
                               "yes" if truth[relation] else "no"))
