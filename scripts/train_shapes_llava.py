@@ -227,12 +227,19 @@ def train(args) -> dict:
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    vision_call = None  # stage 1's own run, when it was a separate call (--vision-from)
     if args.vision_from is not None:  # stage 1 was run by an earlier call (--stage vision)
         from safetensors.torch import load_file
 
         vision.load_state_dict(load_file(args.vision_from))
         vision.eval().requires_grad_(False)
         vision_steps, vision_time = 0, 0.0
+        earlier = Path(args.vision_from).with_name("vision_log.json")
+        if earlier.is_file():  # carry stage 1's record into this run's log
+            stage1 = json.loads(earlier.read_text())
+            vision_steps, vision_time = stage1["steps"], stage1["seconds"]
+            vision_call = {"command": stage1["command"], "total_seconds": stage1.get("total_seconds")}
+            log.extend(stage1["log"])
     else:
         # Stage 1: the vision encoder.
         heads = VisionHeads(vision.config.hidden_size).to(device)
@@ -265,6 +272,7 @@ def train(args) -> dict:
         save_file({k: v.detach().float().contiguous().cpu() for k, v in vision.state_dict().items()}, path)
         (out / "vision_log.json").write_text(json.dumps({"command": "python " + " ".join(sys.argv),
                                                           "steps": vision_steps, "seconds": round(vision_time, 1),
+                                                          "total_seconds": round(time.time() - t0, 1),
                                                           "log": log}, indent=1) + "\n")
         print(f"vision stage done: {path} (continue with --vision-from {path})", flush=True)
         return {"total_seconds": round(time.time() - t0, 1)}
@@ -340,7 +348,8 @@ def train(args) -> dict:
                  "heldout_questions": len(items)},
         "data_seconds": round(data_time, 1),
         "stage1_vision": {"steps": vision_steps, "batch": args.vision_batch, "lr": args.vision_lr,
-                          "seconds": round(vision_time, 1), "loaded_from": args.vision_from},
+                          "seconds": round(vision_time, 1), "loaded_from": args.vision_from,
+                          "separate_call": vision_call},
         "stage2_projector_lm": {"steps": lm_steps, "batch": args.lm_batch, "lr": args.lm_lr,
                                 "seconds": round(lm_time, 1)},
         "total_seconds": round(time.time() - t0, 1),
@@ -364,7 +373,7 @@ def main(argv=None) -> int:
     parser.add_argument("--vision-batch", type=int, default=128)
     parser.add_argument("--lm-batch", type=int, default=96)
     parser.add_argument("--vision-lr", type=float, default=1.5e-3)
-    parser.add_argument("--lm-lr", type=float, default=1.5e-3)
+    parser.add_argument("--lm-lr", type=float, default=6e-4)
     parser.add_argument("--warmup", type=int, default=300)
     parser.add_argument("--eval-scenes", type=int, default=shapes.HELDOUT_SCENES)
     parser.add_argument("--stage", choices=("all", "vision"), default="all",

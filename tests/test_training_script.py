@@ -41,7 +41,11 @@ def test_vision_stage_then_lm_stage(tmp_path):
     for name, value in saved.items():  # the LM stage kept the loaded ViT (saved in fp16)
         assert torch.allclose(tower[name], value, atol=2e-3, rtol=1e-2), name
     log = json.loads((second / "training_log.json").read_text())
-    assert log["stage1_vision"]["loaded_from"] == str(vision_file) and log["stage1_vision"]["steps"] == 0
+    stage1 = log["stage1_vision"]
+    assert stage1["loaded_from"] == str(vision_file)
+    # Stage 1's own record (vision_log.json beside the file) is carried into the final log.
+    assert stage1["steps"] == 2 and "--stage vision" in stage1["separate_call"]["command"]
+    assert [e["stage"] for e in log["log"]] == ["vision", "lm"]
 
 
 @pytest.mark.parametrize("argv, message", [
