@@ -38,8 +38,11 @@ def test_explicit_schedule_coerces_tuples_and_validates_layers():
         Schedule(llm=[(3, 0)] * 2, layers=(16, 8)).resolved_layers(32)
     with pytest.raises(ValueError, match="layer 0 is never pruned"):
         Schedule(llm=[(3, 0)], layers=(0,)).resolved_layers(32)
-    with pytest.raises(ValueError, match="dominant must be >= 1"):
-        Schedule(llm=[(0, 2)])
+    with pytest.raises(ValueError, match="dominant must be >= 0"):
+        Schedule(llm=[(-1, 2)])
+    with pytest.raises(ValueError, match="at least one token"):
+        Schedule(llm=[(0, 0)])
+    assert Schedule(encoder=(0, 4)).encoder.total == 4  # pooling: merged tokens only
     with pytest.raises(ValueError, match="contextual must be >= 0"):
         Schedule(encoder=(4, -1))
 

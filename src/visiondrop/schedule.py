@@ -21,7 +21,8 @@ DEFAULT_STAGE_FRACTIONS = (0.25, 0.5, 0.75)
 
 @dataclass(frozen=True)
 class StageSpec:
-    """Tokens kept by one pruning stage: ``dominant`` selected + ``contextual`` merged."""
+    """Tokens kept by one pruning stage: ``dominant`` selected + ``contextual`` merged
+    (pooling keeps 0 dominant and only merged tokens)."""
 
     dominant: int
     contextual: int = 0
@@ -44,10 +45,12 @@ def _as_stage(value: StageSpec | Sequence[int] | int, name: str) -> StageSpec:
         if len(items) != 2:
             raise ValueError(f"{name} must be (dominant, contextual), got {value!r}")
         spec = StageSpec(int(items[0]), int(items[1]))
-    if spec.dominant < 1:
-        raise ValueError(f"{name}: dominant must be >= 1, got {spec.dominant}")
+    if spec.dominant < 0:
+        raise ValueError(f"{name}: dominant must be >= 0, got {spec.dominant}")
     if spec.contextual < 0:
         raise ValueError(f"{name}: contextual must be >= 0, got {spec.contextual}")
+    if spec.total < 1:
+        raise ValueError(f"{name}: a stage must keep at least one token, got {spec.dominant}+{spec.contextual}")
     return spec
 
 
