@@ -23,7 +23,8 @@ from visiondrop.zoo.shapes_llava import load_shapes_llava, word_list
 
 ROOT = Path(__file__).resolve().parents[1]
 LIMIT = 12  # two scenes
-BUDGETS = (64, 16)
+BUDGETS = (128, 16)  # LLM-only methods (fastv, pdrop, ...) cannot average 16 on an 8-layer LM
+LLM_ONLY = ("fastv", "pdrop", "pdrop-visual", "sparsevlm")
 
 
 def _coin(model, processor, items) -> None:
@@ -41,7 +42,11 @@ def _coin(model, processor, items) -> None:
     answer(model, processor, items, batch_size=len(items))
     for method in visiondrop.available_methods():
         for budget in (64, 16):
-            with visiondrop.apply(model, method, budget=budget):
+            try:
+                handle = visiondrop.apply(model, method, budget=budget)
+            except visiondrop.BudgetInfeasible:  # LLM-only methods on this 8-layer LM
+                continue
+            with handle:
                 answer(model, processor, items, batch_size=len(items))
     hook.remove()
     states = torch.stack(seen)  # (runs, items, hidden)
@@ -97,7 +102,11 @@ def direct(loaded, items):
     for method in fidelity.normalize_methods(None):
         name, options = fidelity.parse_method(method)
         for budget in BUDGETS:
-            with visiondrop.apply(model, name, budget=budget, **options):
+            try:
+                handle = visiondrop.apply(model, name, budget=budget, **options)
+            except visiondrop.BudgetInfeasible:
+                continue
+            with handle:
                 answers[method, budget] = answer(model, processor, items, batch_size=5)
     return answers
 
@@ -117,7 +126,7 @@ def test_entries_and_metadata(result, items):
     assert (meta.device, meta.dtype, meta.batch_size, meta.command, meta.model) == ("cpu", "float32", 8, "pytest",
                                                                                     "coin")
     assert meta.date.endswith("+00:00")
-    assert all(e.seconds > 0 for e in result.entries)
+    assert all(e.seconds > 0 for e in result.entries if not e.infeasible)
     assert meta.seconds == pytest.approx(sum(e.seconds for e in result.entries), abs=0.01)
 
 
@@ -129,6 +138,9 @@ def test_the_fixture_is_informative(result):
 
 def test_entries_match_answers_computed_directly(result, items, direct):
     for e in result.entries:
+        if e.infeasible:
+            assert (e.method, e.budget) not in direct
+            continue
         answers = direct[e.method, e.budget]
         assert e.correct == "".join("1" if a == it.question.answer else "0" for it, a in zip(items, answers))
         assert e.accuracy == accuracy_by_kind(items, answers)
@@ -137,6 +149,8 @@ def test_entries_match_answers_computed_directly(result, items, direct):
 @pytest.mark.parametrize("n", [1, 5, 6, 7, LIMIT])
 def test_slice_accuracy_matches_accuracy_by_kind(result, items, direct, n):
     for e in result.entries:
+        if e.infeasible:
+            continue
         expected = accuracy_by_kind(items[:n], direct[e.method, e.budget][:n])
         assert slice_accuracy(e, n) == pytest.approx(expected["overall"], abs=1e-12)
         assert result.slice_accuracy_by_kind(e, n) == pytest.approx(expected, abs=1e-12)
@@ -153,7 +167,25 @@ def test_percent_of_full(result):
     full = result.full.accuracy["overall"]
     assert result.full.percent_of_full == pytest.approx(100.0)
     for e in result.entries:
+        if e.infeasible:
+            assert e.percent_of_full is None and e.accuracy == {} and e.correct == ""
+            continue
         assert e.percent_of_full == pytest.approx(100 * e.accuracy["overall"] / full)
+
+
+def test_infeasible_pairs_are_recorded_not_run(result, tmp_path):
+    infeasible = {(e.method, e.budget) for e in result.entries if e.infeasible}
+    assert infeasible == {(m, 16) for m in LLM_ONLY}
+    assert all("too small" in result.entry(m, b).infeasible for m, b in infeasible)
+    table = fidelity.to_markdown(result)
+    assert table.count("infeasible (") == len(infeasible) and "(1) fastv at 16: budget" in table
+    assert load(save(result, tmp_path)["json"]).entries == result.entries  # round trip keeps the reasons
+
+
+def test_a_method_that_reaches_no_budget_is_a_config_error(loaded, items):
+    model, processor = loaded
+    with pytest.raises(fidelity.FidelityConfigError, match="budgets: method 'fastv' can reach none"):
+        run_fidelity(model, processor, items, methods=["fastv"], budgets=[32, 16], progress=False)
 
 
 def test_json_round_trip(result, tmp_path):
@@ -183,6 +215,9 @@ def test_markdown_table(result):
     for row, e in zip(rows, result.entries):
         cells = [c.strip() for c in row.strip("|").split("|")]
         assert cells[:2] == [e.method, "full" if e.budget is None else str(e.budget)]
+        if e.infeasible:
+            assert cells[-1].startswith("infeasible (")
+            continue
         assert float(cells[-2]) == pytest.approx(100 * e.accuracy["overall"], abs=0.05)
         assert float(cells[-1]) == pytest.approx(e.percent_of_full, abs=0.05)
 
@@ -227,7 +262,7 @@ def _mutations():
         "budget zero": (setter("entries", 1, "budget", 0), "budget >= 1"),
         "accuracy tampered": (setter("entries", 1, "accuracy", "overall", lambda v: v + 0.01 if v < 0.5 else v - 0.01),
                               "entries[1].accuracy.overall"),
-        "accuracy missing a kind": (lambda d: d["entries"][2]["accuracy"].pop("read"), "must have the keys"),
+        "accuracy missing a kind": (lambda d: d["entries"][1]["accuracy"].pop("read"), "must have the keys"),
         "accuracy a string": (setter("entries", 1, "accuracy", "read", "high"), "must be a number"),
         "percent tampered": (setter("entries", 1, "percent_of_full", lambda v: v + 1), "percent_of_full"),
         "full not first": (lambda d: d["entries"].reverse(), "entries[0] must be the full model"),
@@ -262,6 +297,8 @@ def test_load_rejects_text_that_is_not_a_result(tmp_path, text, problem):
 def test_load_accepts_a_full_model_scoring_zero(result, tmp_path):
     data = result.to_dict()
     for entry in data["entries"]:
+        if entry.get("infeasible"):
+            continue
         entry["correct"] = "0" * LIMIT
         entry["accuracy"] = {k: 0.0 for k in entry["accuracy"]}
         entry["percent_of_full"] = None
@@ -364,7 +401,7 @@ def test_cli_missing_model(tmp_path, capsys):
 
 def test_cli_writes_the_three_files(checkpoint, result, tmp_path, capsys):
     out = tmp_path / "fidelity"
-    argv = ["fidelity", "--model", checkpoint, "--limit", str(LIMIT), "--budgets", "full,16", "--device", "cpu",
+    argv = ["fidelity", "--model", checkpoint, "--limit", str(LIMIT), "--budgets", "full,128,16", "--device", "cpu",
             "--batch-size", "8", "--out", str(out)]
     assert main(argv) == 0
     stdout = capsys.readouterr().out
@@ -376,7 +413,7 @@ def test_cli_writes_the_three_files(checkpoint, result, tmp_path, capsys):
     assert written.metadata.command == "visiondrop " + shlex.join(argv)
     assert written.metadata.model == checkpoint
     assert [(e.method, e.budget) for e in written.entries] == [("full", None)] + [
-        (m, 16) for m in fidelity.normalize_methods(None)]
+        (m, b) for m in fidelity.normalize_methods(None) for b in (128, 16)]
     for e in written.entries:  # same model, same questions: the same outcomes as the library call
         assert e.correct == result.entry(e.method, e.budget).correct
 

@@ -108,6 +108,9 @@ def test_full_model_accuracy(committed, slice_result):
 @pytest.mark.parametrize("label", _labels())
 def test_entry_matches_the_committed_table(committed, slice_result, label):
     ours, theirs = _entry(slice_result, label), _entry(committed, label)
+    if theirs.infeasible or ours.infeasible:  # the method cannot reach this budget: nothing ran
+        assert ours.infeasible == theirs.infeasible
+        return
     flips = _flips(ours, theirs)
     assert len(flips) <= MAX_FLIPS_PER_ENTRY, (
         f"{label}: questions {flips} of the first {N} changed outcome against {COMMITTED.relative_to(ROOT)} "
@@ -123,6 +126,6 @@ def test_entry_matches_the_committed_table(committed, slice_result, label):
 
 
 def test_few_flips_over_the_whole_slice(committed, slice_result):
-    flips = {e.label: _flips(e, _entry(committed, e.label)) for e in slice_result.entries}
+    flips = {e.label: _flips(e, _entry(committed, e.label)) for e in slice_result.entries if not e.infeasible}
     total = sum(len(v) for v in flips.values())
     assert total <= MAX_FLIPS_IN_ALL, f"{total} changed outcomes: { {k: v for k, v in flips.items() if v} }"

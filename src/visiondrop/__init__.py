@@ -5,11 +5,12 @@ from .api import PruningHandle, apply
 from .methods import available_methods, get_method, register_method
 from .models import supported_models
 from .report import PruningReport, SegmentRecord, StageRecord
-from .schedule import Schedule, StageSpec, schedule_from_budget
+from .schedule import BudgetInfeasible, Schedule, StageSpec, schedule_from_budget
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "BudgetInfeasible",
     "PruningHandle",
     "PruningReport",
     "Schedule",

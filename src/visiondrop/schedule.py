@@ -19,6 +19,12 @@ from dataclasses import dataclass
 DEFAULT_STAGE_FRACTIONS = (0.25, 0.5, 0.75)
 
 
+class BudgetInfeasible(ValueError):
+    """A budget within the model's range that a method's schedule cannot reach (for
+    example below what its unpruned first layers already average). Benchmarks record
+    such pairs as infeasible instead of failing."""
+
+
 @dataclass(frozen=True)
 class StageSpec:
     """Tokens kept by one pruning stage: ``dominant`` selected + ``contextual`` merged
@@ -147,6 +153,37 @@ def default_stage_layers(num_layers: int, fractions: Sequence[float] = DEFAULT_S
     return tuple(layer for layer in layers if layer < num_layers)
 
 
+def scale_layers(layers: Sequence[int], num_layers: int, reference_layers: int = 32, name: str = "layers"
+                 ) -> tuple[int, ...]:
+    """Map stage layers a method's release gives for a ``reference_layers``-deep LM
+    (LLaVA-1.5-7B: 32) to an LM of ``num_layers``, in proportion to depth, keeping them
+    in ``[1, num_layers - 1]`` and strictly increasing (8, 16, 24 of 32 are 2, 4, 6 of 8)."""
+    scaled: list[int] = []
+    for layer in layers:
+        value = max(1, round(layer * num_layers / reference_layers), scaled[-1] + 1 if scaled else 1)
+        if value >= num_layers:
+            raise ValueError(f"{name}: {list(layers)} (for a {reference_layers}-layer LM) does not fit an LM with "
+                             f"{num_layers} decoder layers; give {name}=... explicitly")
+        scaled.append(value)
+    return tuple(scaled)
+
+
+def check_layers(layers, num_layers: int, name: str = "layers") -> tuple[int, ...]:
+    """Validate explicit stage layers: ints in ``[1, num_layers - 1]``, strictly increasing."""
+    if isinstance(layers, int):
+        layers = (layers,)
+    values = tuple(layers)
+    if not values or any(isinstance(v, bool) or not isinstance(v, int) for v in values):
+        raise ValueError(f"{name} must be one or more ints, got {layers!r}")
+    for v in values:
+        if not 1 <= v < num_layers:
+            raise ValueError(f"{name}: layer {v} is out of range [1, {num_layers - 1}] for an LM with "
+                             f"{num_layers} decoder layers (layer 0 is never pruned)")
+    if any(b <= a for a, b in zip(values, values[1:])):
+        raise ValueError(f"{name} must be strictly increasing, got {list(values)}")
+    return values
+
+
 def _layer_average(counts: Sequence[float], layers: Sequence[int], num_layers: int) -> float:
     bounds = [0, *layers, num_layers]
     return sum(c * (bounds[i + 1] - bounds[i]) for i, c in enumerate(counts)) / num_layers
@@ -181,12 +218,13 @@ def schedule_from_budget(
     entering = min(round(entry_factor * budget), available) if encoder_stage else available
     if not stage_layers:
         if entering != budget:
-            raise ValueError(f"an LM with {num_layers} layers has no room for LLM stages; use budget={entering}")
+            raise BudgetInfeasible(f"budget={budget}: an LM with {num_layers} layers has no room for LLM stages; "
+                                   f"use budget={entering}")
         ratios = []
     else:
         first_share = stage_layers[0] / num_layers
         if entering * first_share > budget + 1e-9:
-            raise ValueError(
+            raise BudgetInfeasible(
                 f"budget={budget} is too small: {entering} tokens enter the LLM and stay until layer "
                 f"{stage_layers[0]}, which alone averages {entering * first_share:.1f}"
             )
@@ -204,7 +242,7 @@ def schedule_from_budget(
     counts = [entering, *ratios]
     achieved = _layer_average(counts, stage_layers, num_layers)
     if abs(achieved - budget) > 1:
-        raise ValueError(f"budget={budget} cannot be met: the schedule averages {achieved:.1f} tokens per layer")
+        raise BudgetInfeasible(f"budget={budget} cannot be met: the schedule averages {achieved:.1f} tokens per layer")
 
     def split(total: int) -> StageSpec:
         contextual = min(math.ceil(total * contextual_ratio), total - 1)

@@ -7,7 +7,13 @@ them tensors taken from a model's own modules.
 
 from .layout import CompactionPlan, plan_compaction
 from .merging import ContextualMerge, contextual_merge
-from .scoring import attention_probs, cls_attention_scores, received_attention_scores, visual_query_scores
+from .scoring import (
+    attention_probs,
+    cls_attention_scores,
+    received_attention_scores,
+    text_query_scores,
+    visual_query_scores,
+)
 from .selection import select_dominant
 
 __all__ = [
@@ -19,5 +25,6 @@ __all__ = [
     "plan_compaction",
     "received_attention_scores",
     "select_dominant",
+    "text_query_scores",
     "visual_query_scores",
 ]

@@ -91,3 +91,35 @@ def visual_query_scores(
     probs = attention_probs(queries, keys, scaling, key_mask)
     visual = probs.gather(2, visual_columns[:, None, :].expand(-1, probs.shape[1], -1))
     return visual.mean(dim=1)
+
+
+def text_query_scores(
+    queries: torch.Tensor,
+    keys: torch.Tensor,
+    scaling: float,
+    key_mask: torch.Tensor,
+    visual_columns: torch.Tensor,
+    query_weights: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Text-guided LLM scores (FastV, PyramidDrop, SparseVLM): attention from text
+    queries to the visual keys, softmax over the whole causal row, mean over heads,
+    then a (weighted) mean over the queries.
+
+    Args:
+        queries: ``(S, Hq, M, d)`` post-RoPE queries of M text tokens (FastV and
+            PyramidDrop: the last instruction token, M = 1; SparseVLM: its raters).
+        keys, scaling: as in :func:`attention_probs`.
+        key_mask: bool ``(S, M, L)`` each query's causal and padding mask.
+        visual_columns: long ``(S, N)`` sequence index of each visual token.
+        query_weights: optional ``(S, M)``; 0 marks padding queries (segments with
+            fewer raters than others). Default: all queries count equally.
+
+    Returns:
+        ``(S, N)`` float32 scores.
+    """
+    probs = attention_probs(queries, keys, scaling, key_mask)
+    visual = probs.gather(2, visual_columns[:, None, :].expand(-1, probs.shape[1], -1))
+    if query_weights is None:
+        return visual.mean(dim=1)
+    weights = query_weights.float()
+    return (visual * weights[..., None]).sum(dim=1) / weights.sum(dim=1, keepdim=True).clamp(min=1e-12)

@@ -44,6 +44,7 @@ from pathlib import Path
 
 from ..data import shapes
 from ..data.shapes import KINDS
+from ..schedule import BudgetInfeasible
 from .vqa import Item, accuracy_by_kind, answer
 
 FORMAT = "visiondrop-fidelity"
@@ -80,6 +81,8 @@ class Entry:
         correct: ``'1'`` where the answer was right, ``'0'`` where wrong, one
             character per question in item order.
         seconds: wall time of the run.
+        infeasible: why the method cannot reach this budget on this model (then
+            ``accuracy`` is empty, ``correct`` is "" and nothing ran), else None.
     """
 
     method: str
@@ -88,6 +91,7 @@ class Entry:
     percent_of_full: float | None
     correct: str
     seconds: float
+    infeasible: str | None = None
 
     @property
     def label(self) -> str:
@@ -153,7 +157,8 @@ class FidelityResult:
             "metadata": {f.name: list(meta.kinds) if f.name == "kinds" else getattr(meta, f.name)
                          for f in fields(Metadata)},
             "entries": [{"method": e.method, "budget": e.budget, "accuracy": dict(e.accuracy),
-                         "percent_of_full": e.percent_of_full, "correct": e.correct, "seconds": e.seconds}
+                         "percent_of_full": e.percent_of_full, "correct": e.correct, "seconds": e.seconds,
+                         **({"infeasible": e.infeasible} if e.infeasible else {})}
                         for e in self.entries],
         }
 
@@ -177,7 +182,7 @@ def slice_accuracy(entry: Entry, n: int) -> float:
 
 
 def check_arguments(model, methods: Iterable[str] | str | None = None, budgets: Iterable[int] = DEFAULT_BUDGETS,
-                    batch_size: int = 32) -> tuple[list[str], list[int]]:
+                    batch_size: int = 32) -> tuple[list[str], list[int], dict[tuple[str, int], str]]:
     """Validate the benchmark's arguments for ``model`` without running it.
 
     Returns ``(methods, budgets)``: the method names (all registered when None) and
@@ -204,6 +209,7 @@ def check_arguments(model, methods: Iterable[str] | str | None = None, budgets: 
         raise RuntimeError("the model has an active visiondrop handle; remove it first "
                            "(the benchmark's full run must be unpruned)")
     adapter_for(model)  # an unsupported model fails here, not as a budget error
+    infeasible: dict[tuple[str, int], str] = {}
     for method in method_list:
         for budget in budget_list:
             try:
@@ -211,13 +217,19 @@ def check_arguments(model, methods: Iterable[str] | str | None = None, budgets: 
                 visiondrop.apply(model, name, budget=budget, **options).remove()
             except FidelityConfigError:
                 raise
+            except BudgetInfeasible as error:
+                infeasible[method, budget] = str(error)
             except ValueError as error:
                 # The method's own checks say which it was: the budget, or an option.
                 parameter = "budgets" if str(error).startswith("budget") else "methods"
                 raise FidelityConfigError(
                     parameter, f"method {method!r} at budget {budget} on this model: {error}"
                 ) from None
-    return method_list, budget_list
+    for method in method_list:
+        if all((method, budget) in infeasible for budget in budget_list):
+            raise FidelityConfigError("budgets", f"method {method!r} can reach none of the budgets {budget_list} on "
+                                      f"this model: {infeasible[method, budget_list[-1]]}")
+    return method_list, budget_list, infeasible
 
 
 def parse_method(spec: str) -> tuple[str, dict]:
@@ -308,7 +320,7 @@ def run_fidelity(model, processor, items: Sequence[Item], methods: Iterable[str]
     items = list(items)
     if not items:
         raise FidelityConfigError("items", "no questions to answer")
-    method_list, budget_list = check_arguments(model, methods, budgets, batch_size)
+    method_list, budget_list, infeasible = check_arguments(model, methods, budgets, batch_size)
     if len(KINDS) > 10:  # item_kinds stores one digit per question
         raise RuntimeError("item_kinds needs one digit per kind; more than 10 kinds")
 
@@ -320,12 +332,16 @@ def run_fidelity(model, processor, items: Sequence[Item], methods: Iterable[str]
     if param.dtype == torch.float32:
         torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
     try:
-        outcomes = _run_all(model, processor, items, method_list, budget_list, batch_size, progress, sync)
+        outcomes = _run_all(model, processor, items, method_list, budget_list, infeasible, batch_size, progress,
+                            sync)
     finally:
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = tf32
     entries: list[Entry] = []
     full_overall = None
     for method, budget, answers, seconds in outcomes:
+        if answers is None:
+            entries.append(Entry(method, budget, {}, None, "", 0.0, infeasible[method, budget]))
+            continue
         accuracy = accuracy_by_kind(items, answers)
         if full_overall is None:
             full_overall = accuracy["overall"]
@@ -356,8 +372,9 @@ def run_fidelity(model, processor, items: Sequence[Item], methods: Iterable[str]
     return FidelityResult(metadata, tuple(entries))
 
 
-def _run_all(model, processor, items, method_list, budget_list, batch_size, progress, sync):
-    """Answer ``items`` unpruned, then once per (method, budget): ``[(method, budget, answers, seconds)]``."""
+def _run_all(model, processor, items, method_list, budget_list, infeasible, batch_size, progress, sync):
+    """Answer ``items`` unpruned, then once per feasible (method, budget):
+    ``[(method, budget, answers or None when infeasible, seconds)]``."""
     from tqdm.auto import tqdm
 
     import visiondrop
@@ -368,6 +385,9 @@ def _run_all(model, processor, items, method_list, budget_list, batch_size, prog
     bar = tqdm(runs, desc="fidelity", unit="run", disable=not progress)
     for method, budget in bar:
         bar.set_postfix_str(FULL if budget is None else f"{method} @ {budget}")
+        if (method, budget) in infeasible:
+            outcomes.append((method, budget, None, 0.0))
+            continue
         sync()
         start = time.perf_counter()
         if budget is None:
@@ -442,11 +462,23 @@ def to_markdown(result: FidelityResult) -> str:
         "| method | budget | " + " | ".join(meta.kinds) + " | overall | % of full |",
         "|---|---:|" + "---:|" * (len(meta.kinds) + 2),
     ]
+    reasons: dict[str, int] = {}
     for e in result.entries:
         cells = [e.method, FULL if e.budget is None else str(e.budget)]
-        cells += [_pct(e.accuracy.get(kind)) for kind in meta.kinds]
-        cells += [_pct(e.accuracy["overall"]), "n/a" if e.percent_of_full is None else f"{e.percent_of_full:.1f}"]
+        if e.infeasible:
+            mark = reasons.setdefault(e.method, len(reasons) + 1)
+            cells += ["—"] * (len(meta.kinds) + 1) + [f"infeasible ({mark})"]
+        else:
+            cells += [_pct(e.accuracy.get(kind)) for kind in meta.kinds]
+            cells += [_pct(e.accuracy["overall"]),
+                      "n/a" if e.percent_of_full is None else f"{e.percent_of_full:.1f}"]
         lines.append("| " + " | ".join(cells) + " |")
+    if reasons:
+        lines += ["", "Infeasible: the method's schedule cannot average that few visual tokens over this LM's "
+                  "layers; the smallest budget each reaches is in the reason."]
+        for method, mark in reasons.items():
+            smallest = min(e.budget for e in result.entries if e.method == method and e.infeasible)
+            lines.append(f"({mark}) {method} at {smallest}: {result.entry(method, smallest).infeasible}")
     return "\n".join(lines) + "\n"
 
 
@@ -462,7 +494,8 @@ def plot(result: FidelityResult, path: str | Path) -> Path:
     ax = fig.add_subplot()
     markers = "osD^vP*Xh<>"
     for k, method in enumerate(result.methods):
-        points = sorted((e.budget, 100 * e.accuracy["overall"]) for e in result.entries if e.method == method)
+        points = sorted((e.budget, 100 * e.accuracy["overall"]) for e in result.entries
+                        if e.method == method and not e.infeasible)
         ax.plot([b for b, _ in points], [a for _, a in points], marker=markers[k % len(markers)], label=method)
     full = 100 * result.full.accuracy["overall"]
     ax.axhline(full, color="black", linestyle="--", linewidth=1, label=f"full (unpruned): {full:.1f}%")
@@ -599,6 +632,7 @@ def _parse(data: object) -> FidelityResult:
         where = f"entries[{i}]"
         fields = {key: _field(_object(raw, where), key, types, where) for key, types in _ENTRY_TYPES.items()}
         method, budget, correct = fields["method"], fields["budget"], fields["correct"]
+        reason = raw.get("infeasible")
         if i == 0 and (method != FULL or budget is not None):
             raise _Malformed(f"{where} must be the full model (method 'full', budget null), "
                              f"got method {method!r}, budget {budget!r}")
@@ -608,6 +642,13 @@ def _parse(data: object) -> FidelityResult:
         if (method, budget) in seen:
             raise _Malformed(f"{where}: method {method!r} at budget {budget!r} appears twice")
         seen.add((method, budget))
+        if reason is not None:
+            if not isinstance(reason, str) or not reason or i == 0:
+                raise _Malformed(f"{where}.infeasible must be a non-empty string (and never on the full model)")
+            if correct or fields["accuracy"] or fields["percent_of_full"] is not None:
+                raise _Malformed(f"{where} is infeasible: correct must be '', accuracy {{}} and percent_of_full null")
+            entries.append(Entry(method, budget, {}, None, "", float(fields["seconds"]), reason))
+            continue
         if len(correct) != questions:
             raise _Malformed(f"{where}.correct has {len(correct)} characters for {questions} questions")
         if set(correct) - {"0", "1"}:

@@ -28,8 +28,15 @@ def available_methods() -> dict[str, str]:
     return {name: cls.summary for name, cls in sorted(_REGISTRY.items())}
 
 
-from . import random as _random  # noqa  (registers itself)
-from . import visiondrop as _visiondrop  # noqa: E402,F401  (registers itself)
+# Each module registers its method(s) on import.
+from . import fastv as _fastv  # noqa: E402,F401
+from . import pdrop as _pdrop  # noqa: E402,F401
+from . import pool as _pool  # noqa: E402,F401
+from . import random as _random  # noqa: E402,F401
+from . import sparsevlm as _sparsevlm  # noqa: E402,F401
+from . import visiondrop as _visiondrop  # noqa: E402,F401
+from . import visionzip as _visionzip  # noqa: E402,F401
+from . import vispruner as _vispruner  # noqa: E402,F401
 
 __all__ = [
     "DecoderStage",

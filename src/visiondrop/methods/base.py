@@ -57,25 +57,46 @@ class DecoderStage:
     Attributes:
         hidden: ``(S, N, H)`` the visual tokens' hidden states (input of the layer).
         keys: ``(S, Hk, L, d)`` post-RoPE keys of each segment's whole row, from the
-            pruning layer's own ``input_layernorm`` and ``k_proj``.
+            scoring layer's own ``input_layernorm`` and ``k_proj`` (the pruning layer,
+            or the one before it for methods with ``score_layer_offset = -1``).
+            None in the view given to :meth:`PruningMethod.prepare_llm`.
         key_mask: bool ``(S, N, L)`` causal and padding mask for the visual queries.
         visual_columns: long ``(S, N)`` sequence index of each visual token.
         scaling: attention logit scale of the layer.
         project_queries: ``columns (S, M) -> (S, Hq, M, d)`` post-RoPE queries of any
             tokens of the row (text-guided methods ask for text positions).
+        row_hidden: ``(S, L, H)`` the whole row's hidden states (input of the layer).
+        row_mask: bool ``(S, L)`` the row's real (non-padding) tokens.
+        row_visual: bool ``(S, L)`` the row's visual tokens (of every image in it).
+        last_columns: long ``(S,)`` the row's last real token: in a prompt, the last
+            instruction token text-guided methods query with.
+        origins: long ``(S, L)`` each token's column in the sequence that entered the
+            LM (-1 for merged tokens), to follow tokens across stages.
+        memo: one dict per prefill that a method may keep state in across its stages.
     """
 
     hidden: torch.Tensor
-    keys: torch.Tensor
-    key_mask: torch.Tensor
+    keys: torch.Tensor | None
+    key_mask: torch.Tensor | None
     visual_columns: torch.Tensor
     scaling: float
-    project_queries: Callable[[torch.Tensor], torch.Tensor]
+    project_queries: Callable[[torch.Tensor], torch.Tensor] | None
+    row_hidden: torch.Tensor | None = None
+    row_mask: torch.Tensor | None = None
+    row_visual: torch.Tensor | None = None
+    last_columns: torch.Tensor | None = None
+    origins: torch.Tensor | None = None
+    memo: dict = dataclasses.field(default_factory=dict)
 
     def visual_keys(self) -> torch.Tensor:
         """``(S, N, d)`` the visual tokens' keys averaged over heads (merge metric)."""
         index = self.visual_columns[:, None, :, None].expand(-1, self.keys.shape[1], -1, self.keys.shape[-1])
         return self.keys.gather(2, index).mean(dim=1)
+
+    def query_mask(self, columns: torch.Tensor) -> torch.Tensor:
+        """bool ``(S, M, L)``: the causal and padding mask of queries at ``columns`` ``(S, M)``."""
+        causal = torch.arange(self.row_mask.shape[1], device=columns.device)[None, None, :] <= columns[..., None]
+        return causal & self.row_mask[:, None, :]
 
 
 @dataclass
@@ -111,6 +132,9 @@ class PruningMethod(ABC):
     name: ClassVar[str]
     summary: ClassVar[str]
     Config: ClassVar[type]
+    #: -1: LLM stages score with the attention of the layer *before* the pruning layer
+    #: (FastV and SparseVLM prune a layer's output by that layer's own attention).
+    score_layer_offset: ClassVar[int] = 0
 
     def __init__(self, config) -> None:
         self.config = config
@@ -134,6 +158,10 @@ class PruningMethod(ABC):
 
     def reduce_llm(self, stage: DecoderStage, spec: StageSpec) -> Reduction:
         raise NotImplementedError(f"{self.name} has no LLM stage")
+
+    def prepare_llm(self, entry: DecoderStage) -> None:  # noqa: B027  (optional override)
+        """Called once per prefill as the LM starts, with the sequence entering it
+        (``keys`` None); state for later stages goes in ``entry.memo``."""
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.config})"

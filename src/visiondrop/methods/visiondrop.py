@@ -8,6 +8,12 @@
 - Budget: B = visual tokens averaged over decoder layers; 1.5 x B enter the LLM and
   decay geometrically (see :mod:`visiondrop.schedule`).
 - Every stage keeps D dominant tokens and merges the rest into C contextual tokens.
+
+The ablations of the paper's Figure 6 are options: ``llm_scores="text"`` (the last
+instruction token's attention instead of visual-only), ``contextual_ratio=0``
+(merging off: the non-dominant tokens are dropped), ``encoder_stage=False`` (all
+tokens enter the LLM), and ``entry_factor`` / ``contextual_ratio`` for the encoder
+retention and the dominant:contextual split.
 """
 
 from __future__ import annotations
@@ -17,13 +23,19 @@ from dataclasses import dataclass
 import torch
 
 from ..core.merging import contextual_merge
-from ..core.scoring import cls_attention_scores, received_attention_scores, visual_query_scores
+from ..core.scoring import (
+    cls_attention_scores,
+    received_attention_scores,
+    text_query_scores,
+    visual_query_scores,
+)
 from ..core.selection import select_dominant
 from ..schedule import Schedule, StageSpec, schedule_from_budget
 from . import register_method
 from .base import DecoderStage, EncoderStage, ModelGeometry, PruningMethod, Reduction, check_budget, check_positions
 
 ENCODER_SCORES = ("auto", "cls", "received")
+LLM_SCORES = ("visual", "text")
 
 
 @dataclass
@@ -43,6 +55,10 @@ class VisionDropConfig:
         contextual_ratio: share of each stage's tokens that are contextual (ceil);
             1/8 reproduces the released preset.
         entry_factor: tokens entering the LLM = entry_factor x budget (1.5 images).
+        encoder_stage: prune in the vision encoder (False: all tokens enter the LLM and
+            only the LLM stages prune; Figure 6 ablation).
+        llm_scores: "visual" (paper: visual queries only) or "text" (the last
+            instruction token as the query, as FastV/PyramidDrop; Figure 6 ablation).
     """
 
     budget: int | None = None
@@ -52,6 +68,8 @@ class VisionDropConfig:
     encoder_score: str = "auto"
     contextual_ratio: float = 1 / 8
     entry_factor: float = 1.5
+    encoder_stage: bool = True
+    llm_scores: str = "visual"
 
 
 @register_method
@@ -74,6 +92,10 @@ class VisionDrop(PruningMethod):
             raise ValueError("give exactly one of budget=... or schedule=...")
         if cfg.entry_factor < 1:
             raise ValueError(f"entry_factor must be >= 1, got {cfg.entry_factor}")
+        if cfg.llm_scores not in LLM_SCORES:
+            raise ValueError(f"llm_scores must be one of {LLM_SCORES}, got {cfg.llm_scores!r}")
+        if not isinstance(cfg.encoder_stage, bool):
+            raise ValueError(f"encoder_stage must be True or False, got {cfg.encoder_stage!r}")
         # The encoder stage may keep CLS, but no more tokens than the image has placeholders.
         encoder_available = min(geometry.llm_tokens,
                                 geometry.encoder_tokens - (1 if geometry.has_cls and not cfg.keep_cls else 0))
@@ -82,7 +104,8 @@ class VisionDrop(PruningMethod):
             schedule = schedule_from_budget(
                 cfg.budget,
                 geometry.num_layers,
-                encoder_available,
+                encoder_available if cfg.encoder_stage else geometry.llm_tokens,
+                encoder_stage=cfg.encoder_stage,
                 entry_factor=cfg.entry_factor,
                 contextual_ratio=cfg.contextual_ratio,
             )
@@ -110,7 +133,12 @@ class VisionDrop(PruningMethod):
         return Reduction(dominant, contextual_merge(stage.hidden, metric, dominant, spec.contextual))
 
     def reduce_llm(self, stage: DecoderStage, spec: StageSpec) -> Reduction:
-        queries = stage.project_queries(stage.visual_columns)
-        scores = visual_query_scores(queries, stage.keys, stage.scaling, stage.key_mask, stage.visual_columns)
+        if self.config.llm_scores == "text":
+            last = stage.last_columns[:, None]
+            scores = text_query_scores(stage.project_queries(last), stage.keys, stage.scaling,
+                                       stage.query_mask(last), stage.visual_columns)
+        else:
+            queries = stage.project_queries(stage.visual_columns)
+            scores = visual_query_scores(queries, stage.keys, stage.scaling, stage.key_mask, stage.visual_columns)
         dominant = select_dominant(scores, spec.dominant)
         return Reduction(dominant, contextual_merge(stage.hidden, stage.visual_keys(), dominant, spec.contextual))

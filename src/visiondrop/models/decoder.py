@@ -55,6 +55,7 @@ class Layout:
     segments: tuple[Segment, ...]
     images: tuple[int, ...]  # image index of each segment
     patches: torch.Tensor  # (S, n) patch id of every visual token of each segment
+    origins: torch.Tensor | None = None  # (B, L) column at LM entry of each token, -1 if merged
 
     @cached_property
     def row_counts(self) -> torch.Tensor:
@@ -93,6 +94,8 @@ class Session:
     decode_positions: torch.Tensor | None = None  # (B, q) LM-entry positions in decode
     cache_length: int = 0  # what layer 0's cache should hold
     cache: weakref.ref | None = None  # the cache object the prefill filled
+    memo: dict = field(default_factory=dict)  # the method's own state for this prefill
+    score_input: tuple | None = None  # (layer, hidden, cos_sin) of the layer before a stage
 
 
 class DecoderPruner:
@@ -105,6 +108,8 @@ class DecoderPruner:
         self.method = method
         self.positions = positions
         self.stage_specs = dict(zip(schedule.layers or (), schedule.llm))
+        self.score_offset = method.score_layer_offset
+        self.wants_entry = type(method).prepare_llm is not PruningMethod.prepare_llm
         self.session: Session | None = None
         self._pruned_caches: weakref.WeakSet = weakref.WeakSet()
 
@@ -121,8 +126,9 @@ class DecoderPruner:
         """Called by the adapter before the LM runs a pruned prompt: ``segments`` and
         ``entry_positions`` describe the sequence entering the LM (the caller's positions
         gathered there); ``session.entry_patches`` is called once the LM starts."""
+        origins = torch.arange(session.entry_mask.shape[1], device=entry_positions.device)
         session.layout = Layout(session.entry_mask, entry_positions, tuple(segments), tuple(images),
-                                torch.empty(0, dtype=torch.long))
+                                torch.empty(0, dtype=torch.long), origins.expand_as(entry_positions))
         self.session = session
 
     def _finish_entry(self, session: Session) -> None:
@@ -181,47 +187,73 @@ class DecoderPruner:
     def _prefill_layer(self, index: int, layer: nn.Module, args, kwargs):
         session = self.session
         hidden = args[0] if args else kwargs["hidden_states"]
+        if index == 0 and self.wants_entry and session.layout.segments:
+            self.method.prepare_llm(self._stage_view(None, hidden, None, hidden))
         if index in self.stage_specs and session.layout.segments:
             hidden = self._prune(index, layer, hidden, kwargs)
             args = (hidden, *args[1:]) if args else args
             if not args:
                 kwargs["hidden_states"] = hidden
+        if self.score_offset == -1 and index + 1 in self.stage_specs:
+            # The next stage scores with this layer's attention, on this layer's input.
+            cos_sin = session.overrides["position_embeddings"] if session.overrides else kwargs["position_embeddings"]
+            session.score_input = (layer, hidden, cos_sin)
         session.report.layer_visual_tokens[:, index] = session.layout.row_counts
         if session.overrides is not None:
             kwargs.update(session.overrides)
         return args, kwargs
 
-    def _prune(self, index: int, layer: nn.Module, hidden: torch.Tensor, kwargs) -> torch.Tensor:
-        session, layout, spec = self.session, self.session.layout, self.stage_specs[index]
+    def _stage_view(self, layer: nn.Module | None, score_hidden: torch.Tensor, cos_sin, hidden: torch.Tensor
+                    ) -> DecoderStage:
+        """The :class:`DecoderStage` of the current layout: visual tokens of ``hidden``;
+        keys and queries from ``layer``'s projections on ``score_hidden`` (none when
+        ``layer`` is None)."""
+        session, layout = self.session, self.session.layout
         batch, length, _ = hidden.shape
         device = hidden.device
         rows = torch.tensor([s.row for s in layout.segments], device=device)
         starts = torch.tensor([s.start for s in layout.segments], device=device)
-        num_visual = layout.segments[0].length
-        columns = starts[:, None] + torch.arange(num_visual, device=device)
-
+        columns = starts[:, None] + torch.arange(layout.segments[0].length, device=device)
+        row_mask = layout.mask[rows].bool()
+        visual = torch.zeros(batch, length, dtype=torch.bool, device=device)
+        visual[rows[:, None], columns] = True
+        last = (row_mask.long() * torch.arange(length, device=device)).argmax(dim=1)
+        stage = DecoderStage(hidden=hidden[rows[:, None], columns], keys=None, key_mask=None,
+                             visual_columns=columns, scaling=1.0, project_queries=None,
+                             row_hidden=hidden[rows], row_mask=row_mask, row_visual=visual[rows], last_columns=last,
+                             origins=layout.origins[rows], memo=session.memo)
+        if layer is None:
+            return stage
         attn = layer.self_attn
         head_dim = attn.head_dim
-        cos, sin = session.overrides["position_embeddings"] if session.overrides else kwargs["position_embeddings"]
-        normed = layer.input_layernorm(hidden)
+        cos, sin = cos_sin
+        normed = layer.input_layernorm(score_hidden)
         keys = attn.k_proj(normed).view(batch, length, -1, head_dim).transpose(1, 2)
-        keys = apply_rope(keys, cos, sin)
 
         def project_queries(cols: torch.Tensor) -> torch.Tensor:
             picked = normed[rows[:, None], cols]
             queries = attn.q_proj(picked).view(*cols.shape, -1, head_dim).transpose(1, 2)
             return apply_rope(queries, cos[rows[:, None], cols], sin[rows[:, None], cols])
 
-        causal = torch.arange(length, device=device)[None, None, :] <= columns[:, :, None]
-        key_mask = causal & layout.mask[rows].bool()[:, None, :]
-        stage = DecoderStage(
-            hidden=hidden[rows[:, None], columns],
-            keys=keys[rows],
-            key_mask=key_mask,
-            visual_columns=columns,
-            scaling=attn.scaling,
-            project_queries=project_queries,
-        )
+        stage.keys = apply_rope(keys, cos, sin)[rows]
+        stage.key_mask = stage.query_mask(columns)
+        stage.scaling = attn.scaling
+        stage.project_queries = project_queries
+        return stage
+
+    def _prune(self, index: int, layer: nn.Module, hidden: torch.Tensor, kwargs) -> torch.Tensor:
+        session, layout, spec = self.session, self.session.layout, self.stage_specs[index]
+        batch, length, _ = hidden.shape
+        device = hidden.device
+        rows = torch.tensor([s.row for s in layout.segments], device=device)
+        num_visual = layout.segments[0].length
+        if self.score_offset == -1:
+            score_layer, score_hidden, cos_sin = session.score_input
+        else:
+            cos_sin = session.overrides["position_embeddings"] if session.overrides else kwargs["position_embeddings"]
+            score_layer, score_hidden = layer, hidden
+        stage = self._stage_view(score_layer, score_hidden, cos_sin, hidden)
+        columns = stage.visual_columns
         reduction = self.method.reduce_llm(stage, spec)
         merge = reduction.merge
 
@@ -250,7 +282,9 @@ class DecoderPruner:
             batch, 1, dtype=torch.long, device=device)
         removed = torch.tensor(plan.removed_per_row, device=device)[:, None]
         session.stages[index] = StageState(mask=new_mask, shift=previous_shift + removed)
-        session.layout = Layout(new_mask, new_positions, plan.new_segments, layout.images, new_patches)
+        no_origin = layout.origins.new_full((len(layout.segments), spec.contextual), -1)
+        new_origins = plan.gather(source, layout.origins, no_origin, fill=-1)
+        session.layout = Layout(new_mask, new_positions, plan.new_segments, layout.images, new_patches, new_origins)
         session.report.output_mask = new_mask
         session.overrides = self._layer_kwargs(new_hidden, new_mask, new_positions, kwargs, index)
         return new_hidden
