@@ -183,3 +183,26 @@ def test_bad_options_fail_before_compute(model, method):
     with pytest.raises(ValueError, match="positions"):
         _apply(model, method, positions="shuffle")
     assert not hasattr(model, "_visiondrop_handle")
+
+
+@pytest.mark.parametrize("options, budget", [({"llm_scores": "text"}, 64), ({"contextual_ratio": 0}, 64),
+                                             ({"encoder_stage": False}, 300), ({"entry_factor": 2.0}, 64)])
+def test_visiondrop_ablations_keep_the_budget(model, options, budget):
+    """The paper's Figure 6 ablations are options of visiondrop, under the same budget rule."""
+    batch = image_prompt(model, [5, 9])
+    with torch.no_grad(), visiondrop.apply(model, "visiondrop", budget=budget, **options) as handle:
+        model(**batch)
+        ablated = selections(handle.report)
+    assert abs(handle.report.average_visual_tokens(0) - budget) <= 1
+    with torch.no_grad(), visiondrop.apply(model, "visiondrop", budget=budget) as handle:
+        model(**batch)
+        default = selections(handle.report)
+    assert ablated != default  # the option changes what is kept
+    schedule = visiondrop.get_method("visiondrop").from_options(budget=budget, **options).plan(
+        visiondrop.models.adapter_for(model).geometry())
+    if options.get("encoder_stage") is False:
+        assert schedule.encoder is None and ablated[0][0] == "llm"
+    if options.get("contextual_ratio") == 0:
+        assert all(stage.contextual == 0 for stage in [schedule.encoder, *schedule.llm])
+    if "entry_factor" in options:
+        assert schedule.encoder.total == 2 * budget
