@@ -93,8 +93,6 @@ def test_report_describes_each_stage(model):
         previous = current
 
 
-@pytest.mark.parametrize("positions", ["reindex", "keep"])
-@pytest.mark.parametrize("padding_side", ["left", "right"])
 def test_batched_generate_equals_rows_alone(model):
     batch = image_prompt(model, [4, 10], seed=7)
     with torch.no_grad(), visiondrop.apply(model, budget=16):
