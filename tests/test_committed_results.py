@@ -1,0 +1,80 @@
+"""The committed result pages say what their JSON says.
+
+docs/fidelity/README.md and docs/ablations/README.md quote summary tables by hand;
+these tests parse those tables and compare every number with the committed
+fidelity.json beside them, so a re-run that is committed without updating the prose (or
+prose edited without a re-run) fails here. docs/ablations also claims that its default
+`visiondrop` rows reproduce the main run question by question; that is checked too.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from visiondrop.eval import fidelity
+
+DOCS = Path(__file__).resolve().parents[1] / "docs"
+BUDGET_HEADER = re.compile(r"^\| (?:method|variant) \|(?: [^|]* \|)*? 192 \|")
+
+
+def _summary_rows(readme: Path) -> tuple[list[int], dict[str, list[str]]]:
+    """The first table under '## Summary': its budget columns, and per row the method
+    spec found in its first cell (a `code` span, else the first word) -> the cells."""
+    lines = readme.read_text().splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("## Summary"))
+    table = [line for line in lines[start:] if line.startswith("|")]
+    header = [c.strip() for c in table[0].strip("|").split("|")]
+    budgets = [int(c) for c in header if c.isdigit()]
+    rows = {}
+    for line in table[2:]:
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        rows[cells[0]] = cells[len(header) - len(budgets):]
+    return budgets, rows
+
+
+def _spec(first_cell: str, base: str) -> str:
+    """The entry's method spec for a summary row: `visiondrop` rows name the method,
+    option rows (`llm_scores="text"`) are options of `base`."""
+    code = re.search(r"`([^`]+)`", first_cell)
+    text = code.group(1) if code else first_cell.split()[0].strip(",")
+    if "=" not in text:
+        return text
+    key, value = text.split("=", 1)
+    return f"{base}[{key}={value.strip(chr(34))}]"
+
+
+def _committed_cell(result: fidelity.FidelityResult, spec: str, budget: int) -> str:
+    entry = next(e for e in result.entries
+                 if e.method.lower() == spec.lower() and e.budget == budget)
+    return "—" if entry.infeasible else f"{100 * entry.accuracy['overall']:.1f}"
+
+
+@pytest.mark.parametrize("page", ["fidelity", "ablations"])
+def test_summary_table_matches_the_committed_json(page):
+    result = fidelity.load(DOCS / page / "fidelity.json")
+    budgets, rows = _summary_rows(DOCS / page / "README.md")
+    checked = 0
+    for first_cell, cells in rows.items():
+        spec = _spec(first_cell, base="visiondrop")
+        if spec == fidelity.FULL.split()[0]:  # the unpruned model: one number, first column
+            assert cells[0] == f"{100 * result.entries[0].accuracy['overall']:.1f}"
+            assert result.entries[0].budget is None
+            continue
+        for budget, cell in zip(budgets, cells, strict=True):
+            assert cell.strip("*") == _committed_cell(result, spec, budget), (page, spec, budget)
+            checked += 1
+    assert checked == len(result.entries) - 1  # every entry but the full model is quoted
+
+
+def test_ablation_defaults_reproduce_the_main_run_question_by_question():
+    main = fidelity.load(DOCS / "fidelity" / "fidelity.json")
+    ablations = fidelity.load(DOCS / "ablations" / "fidelity.json")
+    assert main.metadata.fingerprint == ablations.metadata.fingerprint
+    pairs = [(a, m) for a in ablations.entries for m in main.entries
+             if a.method == m.method and a.budget == m.budget and a.method in ("full", "visiondrop")]
+    assert len(pairs) == 1 + len(ablations.budgets)
+    for ours, theirs in pairs:
+        assert ours.correct == theirs.correct, ours.label
