@@ -2,11 +2,9 @@
 hooks, layer-average budgets, backend independence, cache-correct generate(), batches
 with padding, the per-stage report, and errors before compute."""
 
-from contextlib import contextmanager, nullcontext
-
 import pytest
 import torch
-from helpers import real_logits, row_of, selections
+from helpers import assert_generate_matches_recompute, assert_same_selections, real_logits, row_of, selections
 
 import visiondrop
 from visiondrop.testing import image_prompt
@@ -90,39 +88,7 @@ def test_eager_and_sdpa_select_the_same_tokens(model, eager_model, method):
             logits = m(**batch).logits
         mask = handle.report.output_mask
         runs.append((selections(handle.report), [real_logits(logits, mask, r) for r in range(2)]))
-    if method == "vispruner":
-        # Its de-duplication rounds are order-dependent: the ~1e-5 differences between
-        # backends' features tip near-tied similarities and cascade (docs/baselines.md).
-        for ours, theirs in zip(runs[0][0][0][2], runs[1][0][0][2]):
-            assert len(set(ours[1]) & set(theirs[1])) >= 0.6 * len(ours[1])
-        return
-    assert runs[0][0] == runs[1][0]
-    for sdpa_row, eager_row in zip(runs[0][1], runs[1][1]):
-        assert torch.allclose(sdpa_row, eager_row, atol=1e-4)
-
-
-@contextmanager
-def prompt_queries(method, appended: int):
-    """Recomputing prompt + ``appended`` generated tokens from scratch, a text-guided
-    method would query with the last *generated* token; the cached run pruned once,
-    with the prompt's. Point this instance's queries back at the prompt (its last
-    token; SparseVLM: raters among the prompt's text) so the two runs are comparable."""
-    reduce_llm, prepare_llm = method.reduce_llm, method.prepare_llm
-
-    def reduce_at_prompt(stage, spec):
-        stage.last_columns = stage.last_columns - appended
-        return reduce_llm(stage, spec)
-
-    def prepare_at_prompt(entry):
-        entry.row_mask = entry.row_mask.clone()
-        entry.row_mask[:, entry.row_mask.shape[1] - appended:] = False
-        return prepare_llm(entry)
-
-    method.reduce_llm, method.prepare_llm = reduce_at_prompt, prepare_at_prompt
-    try:
-        yield
-    finally:
-        del method.reduce_llm, method.prepare_llm
+    assert_same_selections(method, *runs)
 
 
 @pytest.mark.parametrize("positions", ["reindex", "keep"])
@@ -132,18 +98,7 @@ def test_cached_generate_equals_full_recompute(model, method, positions):
     tokens by itself (the paper's point); text-guided ones need :func:`prompt_queries`."""
     batch = image_prompt(model, [5, 9], seed=3)
     with torch.no_grad(), _apply(model, method, positions=positions) as handle:
-        generated = model.generate(**batch, max_new_tokens=MAX_NEW, do_sample=False)
-        new_tokens = generated[:, batch["input_ids"].shape[1]:]
-        ids, mask = batch["input_ids"], batch["attention_mask"]
-        for step in range(MAX_NEW):
-            guard = prompt_queries(handle.method, step) if method in TEXT_GUIDED else nullcontext()
-            with guard:
-                logits = model(input_ids=ids, attention_mask=mask, pixel_values=batch["pixel_values"],
-                               use_cache=False).logits
-            token = logits[:, -1].argmax(-1)
-            assert token.tolist() == new_tokens[:, step].tolist(), f"step {step}"
-            ids = torch.cat([ids, token[:, None]], 1)
-            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], 1)
+        assert_generate_matches_recompute(model, handle, batch, MAX_NEW, method in TEXT_GUIDED)
 
 
 @pytest.mark.parametrize("padding_side", ["left", "right"])

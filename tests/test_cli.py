@@ -55,3 +55,29 @@ def test_methods_lists_visiondrop(capsys):
     lines = capsys.readouterr().out.splitlines()
     assert any(line.startswith("visiondrop ") for line in lines)
     assert any(line.startswith("random ") for line in lines)
+
+
+@pytest.fixture(scope="module")
+def next_checkpoint(tmp_path_factory):
+    from visiondrop.testing import save_tiny_next_checkpoint
+
+    path = tmp_path_factory.mktemp("tiny-llava-next")
+    save_tiny_next_checkpoint(path)
+    image = tmp_path_factory.mktemp("img-next") / "wide.png"
+    Image.fromarray((np.random.default_rng(1).random((150, 230, 3)) * 255).astype("uint8")).save(image)
+    return str(path), str(image)
+
+
+def test_generate_llava_next_prunes_every_crop(next_checkpoint, capsys):
+    path, image = next_checkpoint
+    code = main(["generate", "--model", path, "--image", image, "--prompt", "what is this ?",
+                 "--budget", "40", "--max-new-tokens", "3", "--device", "cpu"])
+    out = capsys.readouterr().out
+    assert code == 0
+    # budget 40 over 5 crops: 8 per crop, 12 (10 + 2) enter the LLM from each of them;
+    # the processor tiles this 150 x 230 image 2 x 2 (a base + 4 tiles): 60 at LM entry
+    assert "65 -> 10 dominant + 2 contextual" in out
+    assert "tokens per layer (row 0): [60, 60, 45, 45, 30, 30, 25, 25]" in out
+    assert main(["generate", "--model", path, "--image", image, "--prompt", "x", "--budget", "42",
+                 "--device", "cpu"]) == 2
+    assert "multiple of 5" in capsys.readouterr().err

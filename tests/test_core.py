@@ -125,8 +125,23 @@ def test_layout_right_padding_and_two_images_in_a_row():
     assert [s.start for s in plan.new_segments] == [1, 3, 0]
 
 
+def test_layout_per_segment_counts():
+    """Segments of different lengths keep different D + C (images of different sizes)."""
+    segments = [Segment(0, 1, 4), Segment(0, 6, 2), Segment(1, 0, 5)]
+    plan = plan_compaction(2, 8, segments, num_dominant=[2, 1, 1], num_contextual=[1, 0, 2], pad_side="left")
+    source = plan.resolve([torch.tensor([0, 3]), torch.tensor([1]), torch.tensor([4])])
+    contextual = [torch.tensor([100]), torch.empty(0, dtype=torch.long), torch.tensor([200, 201])]
+    out = plan.gather(source, torch.arange(16).view(2, 8), contextual, fill=-1)
+    # row 0: text 0, seg (1, 4 + ctx), text 5, seg (7), end; row 1: seg (12 + two ctx), text 13-15
+    assert out.tolist() == [[0, 1, 4, 100, 5, 7], [12, 200, 201, 13, 14, 15]]
+    assert plan.new_segments == (Segment(0, 1, 3), Segment(0, 5, 1), Segment(1, 0, 3))
+    assert plan.removed_per_row == (2, 2)
+    with pytest.raises(ValueError, match="num_dominant"):
+        plan_compaction(2, 8, segments, num_dominant=[1, 1], num_contextual=0)
+
+
 def test_layout_rejects_bad_input():
     with pytest.raises(ValueError, match="pad_side"):
         plan_compaction(1, 4, [], 1, 0, pad_side="middle")
     with pytest.raises(ValueError, match="cannot keep"):
-        plan_compaction(1, 4, [Segment(0, 0, 2)], 2, 1)
+        plan_compaction(1, 4, [Segment(0, 0, 2)], 3, 0)

@@ -73,9 +73,10 @@ def apply(model: nn.Module, method: str = "visiondrop", *, budget: int | None = 
     if existing is not None and existing.active:
         raise RuntimeError("model already has an active visiondrop handle; call handle.remove() first")
     adapter = adapter_for(model)
+    adapter.configure(**{name: options.pop(name) for name in adapter.options if name in options})
     pruning = get_method(method).from_options(budget=budget, schedule=schedule, **options)
-    resolved = pruning.plan(adapter.geometry())
+    runtime, resolved = adapter.plan(pruning)
     handle = PruningHandle(model, adapter, pruning, resolved)
-    handle._hooks = adapter.install(pruning, resolved, getattr(pruning.config, "positions", "reindex"))
+    handle._hooks = adapter.install(runtime, resolved, getattr(pruning.config, "positions", "reindex"))
     setattr(model, _HANDLE_ATTR, handle)
     return handle

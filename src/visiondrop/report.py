@@ -92,7 +92,7 @@ class PruningReport:
 
     def average_visual_tokens(self, row: int = 0) -> float:
         """Per image: visual tokens averaged over decoder layers (the budget's measure)."""
-        images = max(1, len(self.stages[0].rows(row))) if self.stages else 1
+        images = max(1, len({s.image for s in self.stages[0].rows(row)})) if self.stages else 1
         return self.layer_visual_tokens[row].float().mean().item() / images
 
     def summary(self) -> str:

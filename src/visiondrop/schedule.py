@@ -131,12 +131,35 @@ class Schedule:
             counts[layer:] = [stage.total] * (num_layers - layer)
         return counts
 
+    def repeated(self, units: int) -> Schedule:
+        """The schedule of an image made of ``units`` encoder units (LLaVA-NeXT crops,
+        video frames) each planned by this one: the encoder stage still applies per unit,
+        every LLM stage keeps ``units`` times as many tokens of the whole image."""
+        llm = tuple(StageSpec(s.dominant * units, s.contextual * units) for s in self.llm)
+        return Schedule(encoder=self.encoder, llm=llm, layers=self.layers)
+
     def __str__(self) -> str:
         enc = str(self.encoder) if self.encoder else "off"
         stages = ", ".join(f"L{layer}:{s}" for layer, s in zip(self.layers or (), self.llm))
         if self.layers is None:
             stages = ", ".join(str(s) for s in self.llm)
         return f"encoder {enc}; llm [{stages}]"
+
+
+def scale_stages(stages: Sequence[StageSpec], reference_entry: int, entry: int) -> tuple[StageSpec, ...]:
+    """LLM stages planned for an image entering the LLM with ``reference_entry`` tokens,
+    applied to one entering with ``entry`` (a smaller LLaVA-NeXT image, a packed
+    anyres layout): every stage keeps the same share, rounded, at least one token, and
+    the dominant:contextual split of the plan. Identity when the two are equal."""
+    if entry == reference_entry:
+        return tuple(stages)
+    ratio = entry / reference_entry
+    scaled = []
+    for spec in stages:
+        total = min(max(1, round(spec.total * ratio)), entry)
+        contextual = min(round(spec.contextual * total / spec.total), total - (1 if spec.dominant else 0))
+        scaled.append(StageSpec(total - contextual, contextual))
+    return tuple(scaled)
 
 
 def _check_fits(name: str, stage: StageSpec, available: int) -> None:

@@ -46,8 +46,13 @@ def tiny_llava(seed: int = 0, **kwargs) -> LlavaForConditionalGeneration:
     """A tiny random ``LlavaForConditionalGeneration`` in eval mode, float32."""
     torch.manual_seed(seed)
     config = tiny_llava_config(**kwargs)
-    model = LlavaForConditionalGeneration(config).eval()
-    # Larger random weights make attention peaky, so token choices are not ties.
+    return _sharpened(LlavaForConditionalGeneration(config))
+
+
+def _sharpened(model):
+    """Eval mode, and larger random projection weights: attention gets peaky, so token
+    choices are not ties."""
+    model.eval()
     with torch.no_grad():
         for name, param in model.named_parameters():
             if name.endswith("proj.weight"):
@@ -114,3 +119,87 @@ def save_tiny_checkpoint(path, seed: int = 0) -> None:
     model.config.text_config.eos_token_id = 3
     model.save_pretrained(path)
     tiny_processor().save_pretrained(path)
+
+
+# ------------------------------------------------------------------ LLaVA-NeXT
+NEXT_PINPOINTS = [[112, 224], [224, 112], [224, 224], [112, 336], [336, 112]]
+
+
+def tiny_llava_next(seed: int = 0, num_layers: int = 8, attn_implementation: str = "sdpa"):
+    """A tiny random ``LlavaNextForConditionalGeneration``: 112 px crops of 8 x 8 patches,
+    LLaVA-NeXT-7B's pinpoint shapes scaled by 1/3 (at most 4 tiles + the base crop, so
+    320 tokens per image at most, as 2880 = 5 x 576 on the 7B)."""
+    from transformers import LlavaNextConfig, LlavaNextForConditionalGeneration
+
+    base = tiny_llava_config(num_layers=num_layers, attn_implementation=attn_implementation, image_size=112)
+    config = LlavaNextConfig(vision_config=base.vision_config, text_config=base.text_config,
+                             image_token_id=IMAGE_TOKEN_ID, vision_feature_layer=-2,
+                             vision_feature_select_strategy="default", image_grid_pinpoints=NEXT_PINPOINTS,
+                             projector_hidden_act="gelu")
+    config._attn_implementation = attn_implementation
+    torch.manual_seed(seed)
+    return _sharpened(LlavaNextForConditionalGeneration(config))
+
+
+def llava_next_image_tokens(model, size: tuple[int, int]) -> int:
+    """Placeholders transformers' LLaVA-NeXT expects for one image of ``size`` (H, W):
+    its own packing (unpadding, newlines) run on dummy features."""
+    from transformers.models.llava_next.modeling_llava_next import image_size_to_num_patches
+
+    config = model.config
+    crops = image_size_to_num_patches(list(size), config.image_grid_pinpoints, config.vision_config.image_size)
+    side = config.vision_config.image_size // config.vision_config.patch_size
+    dummy = torch.zeros(crops, side * side, 1)
+    packed, _ = model.model.pack_image_features([dummy], torch.tensor([size]), "default",
+                                                image_newline=torch.zeros(1))
+    return packed[0].shape[0]
+
+
+def llava_next_prompt(model, text_lengths: list[int], sizes: list[list[tuple[int, int]]], seed: int = 0
+                      ) -> dict[str, torch.Tensor]:
+    """A left-padded LLaVA-NeXT batch: row i holds the images of ``sizes[i]`` (H, W)."""
+    from transformers.models.llava_next.modeling_llava_next import image_size_to_num_patches
+
+    generator = torch.Generator().manual_seed(seed)
+    rows, all_sizes = [], []
+    for length, row_sizes in zip(text_lengths, sizes):
+        row = torch.randint(1, 200, (3,), generator=generator).tolist()
+        for size in row_sizes:
+            row += [IMAGE_TOKEN_ID] * llava_next_image_tokens(model, size)
+            row += torch.randint(1, 200, (2,), generator=generator).tolist()
+            all_sizes.append(size)
+        rows.append(row + torch.randint(1, 200, (length,), generator=generator).tolist())
+    width = max(map(len, rows))
+    input_ids = torch.full((len(rows), width), PAD_TOKEN_ID)
+    attention_mask = torch.zeros(len(rows), width, dtype=torch.long)
+    for i, row in enumerate(rows):
+        input_ids[i, width - len(row):] = torch.tensor(row)
+        attention_mask[i, width - len(row):] = 1
+    out = {"input_ids": input_ids, "attention_mask": attention_mask}
+    if all_sizes:
+        config = model.config
+        crop = config.vision_config.image_size
+        crops = [image_size_to_num_patches(list(s), config.image_grid_pinpoints, crop) for s in all_sizes]
+        out["pixel_values"] = torch.randn(len(all_sizes), max(crops), 3, crop, crop, generator=generator)
+        out["image_sizes"] = torch.tensor(all_sizes)
+    return out
+
+
+def save_tiny_next_checkpoint(path, seed: int = 0) -> None:
+    """Write a tiny random LLaVA-NeXT and its processor to ``path`` (``from_pretrained``-loadable)."""
+    from transformers import LlavaNextProcessor
+
+    try:
+        from transformers import LlavaNextImageProcessorPil as ImageProcessor
+    except ImportError:
+        from transformers import LlavaNextImageProcessor as ImageProcessor
+
+    model = tiny_llava_next(seed=seed)
+    model.config.text_config.eos_token_id = 3
+    model.save_pretrained(path)
+    tokenizer = tiny_processor().tokenizer
+    crop = model.config.vision_config.image_size
+    images = ImageProcessor(size={"shortest_edge": crop}, crop_size={"height": crop, "width": crop},
+                            image_grid_pinpoints=NEXT_PINPOINTS)
+    LlavaNextProcessor(image_processor=images, tokenizer=tokenizer, patch_size=14,
+                       vision_feature_select_strategy="default", num_additional_image_tokens=1).save_pretrained(path)

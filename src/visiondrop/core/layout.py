@@ -1,7 +1,7 @@
 """Shortening a padded batch: where every token goes when visual segments shrink.
 
 Each visual segment (one image's tokens in one row) of ``n`` tokens becomes
-``D + C`` tokens placed where the segment started: its ``D`` dominant tokens in
+its ``D + C`` tokens placed where the segment started: its ``D`` dominant tokens in
 original order, then its ``C`` contextual tokens (the release's layout). Text
 before and after is untouched. Rows shrink by different amounts (a row may hold no
 image, or several), so shorter rows get padding on the batch's padding side; the
@@ -35,7 +35,7 @@ class CompactionPlan:
     """Where each token of the shortened batch comes from.
 
     Sources are flat indices into a "bank": ``[0, B*L)`` the old tokens row-major,
-    ``[B*L, B*L + S*C)`` the contextual tokens segment-major, then one fill slot.
+    then every segment's contextual tokens segment-major, then one fill slot.
     """
 
     batch_size: int
@@ -44,76 +44,95 @@ class CompactionPlan:
     segments: tuple[Segment, ...]
     new_segments: tuple[Segment, ...]
     removed_per_row: tuple[int, ...]
-    num_contextual: int
+    num_dominant: tuple[int, ...]  # D of each segment
+    num_contextual: tuple[int, ...]  # C of each segment
     source: torch.Tensor  # (B, L') long, CPU; -1 where a dominant token goes
-    dominant_slots: torch.Tensor  # (S, D) flat positions in (B * L')
-    dominant_base: torch.Tensor  # (S, 1) flat old index of each segment's first token
+    dominant_slots: torch.Tensor  # (sum D,) flat positions in (B * L')
+    dominant_base: torch.Tensor  # (sum D,) flat old index of its segment's first token
 
-    def resolve(self, dominant: torch.Tensor) -> torch.Tensor:
+    def resolve(self, dominant: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor:
         """Flat source indices ``(B, L')`` on ``dominant``'s device.
 
         Args:
-            dominant: long ``(S, D)`` local indices of each segment's dominant tokens.
+            dominant: each segment's local indices of its dominant tokens: long
+                ``(S, D)`` when every segment keeps D, else one 1-D tensor per segment.
         """
-        device = dominant.device
+        flat = dominant.reshape(-1) if isinstance(dominant, torch.Tensor) else torch.cat(list(dominant))
+        device = flat.device
         source = self.source.to(device).clone()
-        if dominant.numel():
-            source.view(-1)[self.dominant_slots.to(device)] = self.dominant_base.to(device) + dominant
+        if flat.numel():
+            source.view(-1)[self.dominant_slots.to(device)] = self.dominant_base.to(device) + flat
         return source
 
     def gather(
         self,
         source: torch.Tensor,
         tokens: torch.Tensor,
-        contextual: torch.Tensor | None = None,
+        contextual: torch.Tensor | Sequence[torch.Tensor] | None = None,
         fill: float | int = 0,
     ) -> torch.Tensor:
         """Apply the plan to ``tokens`` (``(B, L, ...)``), inserting ``contextual``
-        (``(S, C, ...)``) and ``fill`` for padding. Returns ``(B, L', ...)``."""
+        (``(S, C, ...)``, or one ``(C_i, ...)`` tensor per segment) and ``fill`` for
+        padding. Returns ``(B, L', ...)``."""
         trailing = tokens.shape[2:]
         parts = [tokens.reshape(-1, *trailing)]
-        if self.num_contextual:
+        if sum(self.num_contextual):
             if contextual is None:
                 raise ValueError("this plan has contextual tokens; pass them")
-            parts.append(contextual.reshape(-1, *trailing).to(tokens.dtype))
+            pieces = [contextual] if isinstance(contextual, torch.Tensor) else list(contextual)
+            parts += [piece.reshape(-1, *trailing).to(tokens.dtype) for piece in pieces]
         parts.append(torch.full((1, *trailing), fill, dtype=tokens.dtype, device=tokens.device))
         bank = torch.cat(parts)
         return bank[source.view(-1)].view(self.batch_size, self.new_length, *trailing)
+
+
+def _per_segment(value: int | Sequence[int], count: int, name: str) -> list[int]:
+    if isinstance(value, int):
+        return [value] * count
+    values = [int(v) for v in value]
+    if len(values) != count:
+        raise ValueError(f"{name}: one count per segment expected ({count}), got {len(values)}")
+    return values
 
 
 def plan_compaction(
     batch_size: int,
     seq_length: int,
     segments: Sequence[Segment],
-    num_dominant: int,
-    num_contextual: int,
+    num_dominant: int | Sequence[int],
+    num_contextual: int | Sequence[int],
     pad_side: str = "left",
 ) -> CompactionPlan:
-    """Plan the shortening of every segment to ``num_dominant + num_contextual`` tokens.
+    """Plan the shortening of every segment to its ``D + C`` tokens.
 
     Args:
         batch_size, seq_length: the current batch shape ``(B, L)``.
         segments: the visual segments, sorted by ``(row, start)``, not overlapping.
-        num_dominant, num_contextual: D and C, the same for every segment.
+        num_dominant, num_contextual: D and C, one int for every segment or one per
+            segment (images of different sizes keep different counts).
         pad_side: where rows shorter than the longest get padding, "left" (what
             ``generate()`` uses) or "right".
     """
     if pad_side not in ("left", "right"):
         raise ValueError(f"pad_side must be 'left' or 'right', got {pad_side!r}")
-    kept = num_dominant + num_contextual
+    num_segments = len(segments)
+    dominant = _per_segment(num_dominant, num_segments, "num_dominant")
+    contextual = _per_segment(num_contextual, num_segments, "num_contextual")
     by_row: list[list[tuple[int, Segment]]] = [[] for _ in range(batch_size)]
     for index, segment in enumerate(segments):
-        if segment.length < kept:
-            raise ValueError(f"segment of {segment.length} tokens cannot keep {kept}")
+        # contextual tokens are new tokens (merges, or extra placeholders), so only the
+        # dominant ones must exist in the segment
+        if segment.length < dominant[index]:
+            raise ValueError(f"segment of {segment.length} tokens cannot keep {dominant[index]} of them")
         by_row[segment.row].append((index, segment))
-    removed = [sum(seg.length - kept for _, seg in row) for row in by_row]
+    removed = [sum(seg.length - dominant[i] - contextual[i] for i, seg in row) for row in by_row]
     new_length = seq_length - min(removed) if batch_size else seq_length
 
-    num_segments = len(segments)
-    fill = batch_size * seq_length + num_segments * num_contextual
+    contextual_first = [batch_size * seq_length + sum(contextual[:i]) for i in range(num_segments)]
+    fill = batch_size * seq_length + sum(contextual)
     source = torch.full((batch_size, new_length), fill, dtype=torch.long)
-    dominant_slots = torch.zeros(num_segments, num_dominant, dtype=torch.long)
-    dominant_base = torch.zeros(num_segments, 1, dtype=torch.long)
+    slots: list[torch.Tensor] = [torch.empty(0, dtype=torch.long)] * num_segments
+    bases: list[torch.Tensor] = [torch.empty(0, dtype=torch.long)] * num_segments
     new_segments: list[Segment | None] = [None] * num_segments
     for row, row_segments in enumerate(by_row):
         row_length = seq_length - removed[row]
@@ -122,20 +141,21 @@ def plan_compaction(
         base = row * seq_length
         pieces: list[torch.Tensor] = []
         for index, segment in row_segments:
+            d, c = dominant[index], contextual[index]
             pieces.append(torch.arange(base + old, base + segment.start))
             cursor_at_segment = cursor + segment.start - old
-            pieces.append(torch.full((num_dominant,), -1, dtype=torch.long))
-            ctx_first = batch_size * seq_length + index * num_contextual
-            pieces.append(torch.arange(ctx_first, ctx_first + num_contextual))
-            dominant_slots[index] = row * new_length + cursor_at_segment + torch.arange(num_dominant)
-            dominant_base[index] = base + segment.start
-            new_segments[index] = Segment(row, cursor_at_segment, kept)
-            cursor = cursor_at_segment + kept
+            pieces.append(torch.full((d,), -1, dtype=torch.long))
+            pieces.append(torch.arange(contextual_first[index], contextual_first[index] + c))
+            slots[index] = row * new_length + cursor_at_segment + torch.arange(d)
+            bases[index] = torch.full((d,), base + segment.start, dtype=torch.long)
+            new_segments[index] = Segment(row, cursor_at_segment, d + c)
+            cursor = cursor_at_segment + d + c
             old = segment.start + segment.length
         pieces.append(torch.arange(base + old, base + seq_length))
         row_source = torch.cat(pieces)
         offset = new_length - row_length if pad_side == "left" else 0
         source[row, offset : offset + row_length] = row_source
+    empty = torch.empty(0, dtype=torch.long)
     return CompactionPlan(
         batch_size=batch_size,
         old_length=seq_length,
@@ -143,8 +163,9 @@ def plan_compaction(
         segments=tuple(segments),
         new_segments=tuple(s for s in new_segments if s is not None),
         removed_per_row=tuple(removed),
-        num_contextual=num_contextual,
+        num_dominant=tuple(dominant),
+        num_contextual=tuple(contextual),
         source=source,
-        dominant_slots=dominant_slots,
-        dominant_base=dominant_base,
+        dominant_slots=torch.cat(slots) if slots else empty,
+        dominant_base=torch.cat(bases) if bases else empty,
     )

@@ -6,8 +6,9 @@ from torch import nn
 
 from .base import ModelAdapter
 from .llava import LlavaAdapter
+from .llava_next import LlavaNextAdapter
 
-ADAPTERS: tuple[type[ModelAdapter], ...] = (LlavaAdapter,)
+ADAPTERS: tuple[type[ModelAdapter], ...] = (LlavaAdapter, LlavaNextAdapter)
 
 
 def supported_models() -> list[str]:

@@ -4,18 +4,22 @@ by model class name, so adding a model is one new module."""
 
 from __future__ import annotations
 
+import dataclasses
 from abc import ABC, abstractmethod
 from typing import ClassVar
 
 from torch import nn
 
-from ..methods.base import ModelGeometry, PruningMethod
+from ..methods.base import ModelGeometry, PruningMethod, check_budget
 from ..report import PruningReport
 from ..schedule import Schedule
 
 
 class ModelAdapter(ABC):
     model_classes: ClassVar[tuple[str, ...]]
+    #: options of the model rather than of the method (``apply(model, newline="end")``),
+    #: with their allowed values; the first is the default.
+    options: ClassVar[dict[str, tuple]] = {}
 
     def __init__(self, model: nn.Module) -> None:
         self.model = model
@@ -25,9 +29,41 @@ class ModelAdapter(ABC):
     def geometry(self) -> ModelGeometry:
         """Validate the model's configuration and describe it for planning."""
 
+    def configure(self, **options) -> None:
+        """Validate and keep this adapter's options (see :attr:`options`)."""
+        for name, allowed in self.options.items():
+            value = options.get(name, allowed[0])
+            if value not in allowed:
+                raise ValueError(f"{name} must be one of {allowed} for {type(self.model).__name__}, got {value!r}")
+            setattr(self, name, value)
+
+    def plan(self, method: PruningMethod) -> tuple[PruningMethod, Schedule]:
+        """The method to run and its validated schedule (nothing runs). Adapters whose
+        images are made of several encoder units override this (:func:`plan_per_unit`)."""
+        return method, method.plan(self.geometry())
+
     @abstractmethod
     def install(self, method: PruningMethod, schedule: Schedule, positions: str) -> list:
         """Register this model's hooks; return their removable handles."""
 
     def reset(self) -> None:  # noqa: B027  (optional override)
         """Forget any in-flight state (called on remove)."""
+
+
+def plan_per_unit(method: PruningMethod, unit: ModelGeometry, units: int, what: str = "crops"
+                  ) -> tuple[PruningMethod, Schedule]:
+    """Plan an image made of ``units`` identical encoder units (LLaVA-NeXT's crops,
+    Video-LLaVA's frames) as ``units`` times one unit: the method is planned for one
+    unit with ``budget / units`` (its encoder stage then applies to every unit, as the
+    VisionDrop and VisionZip releases do on LLaVA-NeXT) and the LLM stages keep
+    ``units`` times the unit's counts of the whole image, so the layer average of the
+    reference image is the budget. An explicit ``schedule`` is per unit."""
+    budget = getattr(method.config, "budget", None)
+    if budget is not None:
+        check_budget(budget, units * unit.llm_tokens)
+        if budget % units:
+            lower = budget - budget % units
+            raise ValueError(f"budget={budget}: this model plans per {what[:-1]} ({units} {what} per image), so the "
+                             f"budget must be a multiple of {units}; try {lower or lower + units} or {lower + units}")
+        method = type(method)(dataclasses.replace(method.config, budget=budget // units))
+    return method, method.plan(unit).repeated(units)

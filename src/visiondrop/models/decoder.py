@@ -26,7 +26,7 @@ from transformers.masking_utils import create_causal_mask
 from ..core.layout import Segment, plan_compaction
 from ..methods.base import DecoderStage, PruningMethod
 from ..report import PruningReport, SegmentRecord, StageRecord
-from ..schedule import Schedule
+from ..schedule import Schedule, StageSpec
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -54,7 +54,7 @@ class Layout:
     positions: torch.Tensor  # (B, L) position ids
     segments: tuple[Segment, ...]
     images: tuple[int, ...]  # image index of each segment
-    patches: torch.Tensor  # (S, n) patch id of every visual token of each segment
+    patches: list[torch.Tensor]  # per segment: the patch id of each of its visual tokens
     origins: torch.Tensor | None = None  # (B, L) column at LM entry of each token, -1 if merged
 
     @cached_property
@@ -64,6 +64,17 @@ class Layout:
         for segment in self.segments:
             counts[segment.row] += segment.length
         return counts
+
+
+@dataclass
+class SegmentGroup:
+    """Segments pruned together: the same length at LM entry and the same LLM stages
+    (one image size of one modality). Methods see one group at a time, so their
+    tensors stay rectangular; each group keeps its own ``memo``."""
+
+    indices: tuple[int, ...]  # positions in Layout.segments
+    specs: dict  # decoder layer -> StageSpec for these segments
+    memo: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -82,7 +93,9 @@ class Session:
     entry_shift: torch.Tensor  # (B, 1) real tokens removed before the LM (encoder stage)
     report: PruningReport
     # Finishing the LM-entry layout waits for the vision encoder, which may run after
-    # the model's pre-hook: ``entry_patches() -> (patch ids (S, n), index of patch 0)``.
+    # the model's pre-hook: ``entry_patches() -> (patch ids per segment, where)``; where:
+    # the index of patch 0 in the original run (patch id + index = original column), or
+    # one tensor of original columns per segment ("keep" positions), or None (no "keep").
     entry_patches: Callable[[], tuple[torch.Tensor, int]] | None = None
     original_positions: torch.Tensor | None = None  # (B, L0) the caller's positions
     original_starts: tuple[int, ...] = ()  # each segment's start before the encoder stage
@@ -94,7 +107,7 @@ class Session:
     decode_positions: torch.Tensor | None = None  # (B, q) LM-entry positions in decode
     cache_length: int = 0  # what layer 0's cache should hold
     cache: weakref.ref | None = None  # the cache object the prefill filled
-    memo: dict = field(default_factory=dict)  # the method's own state for this prefill
+    groups: list[SegmentGroup] = field(default_factory=list)
     score_input: tuple | None = None  # (layer, hidden, cos_sin) of the layer before a stage
 
 
@@ -122,26 +135,38 @@ class DecoderPruner:
 
     # ------------------------------------------------------------------ entry
     def start_prefill(self, session: Session, segments: Sequence[Segment], images: Sequence[int],
-                      entry_positions: torch.Tensor) -> None:
+                      entry_positions: torch.Tensor, stages: Sequence[Sequence[StageSpec]] | None = None) -> None:
         """Called by the adapter before the LM runs a pruned prompt: ``segments`` and
         ``entry_positions`` describe the sequence entering the LM (the caller's positions
-        gathered there); ``session.entry_patches`` is called once the LM starts."""
+        gathered there); ``session.entry_patches`` is called once the LM starts.
+        ``stages``: each segment's LLM stages (default: the schedule's), for segments
+        of another size or modality than the one the schedule was planned for."""
         origins = torch.arange(session.entry_mask.shape[1], device=entry_positions.device)
         session.layout = Layout(session.entry_mask, entry_positions, tuple(segments), tuple(images),
-                                torch.empty(0, dtype=torch.long), origins.expand_as(entry_positions))
+                                [], origins.expand_as(entry_positions))
+        default = tuple(self.stage_specs.values())
+        groups: dict[tuple, list[int]] = {}
+        for index, segment in enumerate(segments):
+            specs = default if stages is None else tuple(stages[index])
+            groups.setdefault((segment.length, specs), []).append(index)
+        session.groups = [SegmentGroup(tuple(indices), dict(zip(self.stage_specs, specs)))
+                          for (_, specs), indices in groups.items()]
         self.session = session
 
     def _finish_entry(self, session: Session) -> None:
         layout = session.layout
-        layout.patches, offset = session.entry_patches()
+        patches, offset = session.entry_patches()
+        layout.patches = list(patches)
         session.report.output_mask = layout.mask
         if self.positions == "reindex":
             layout.positions = reindexed_positions(layout.mask)
             return
         # "keep": a visual token takes the original position of its patch.
         original = session.original_positions
-        for segment, patch_row, original_start in zip(layout.segments, layout.patches, session.original_starts):
-            source = original_start + (patch_row.to(original.device) + offset).clamp(min=0)
+        for i, (segment, patch_row, original_start) in enumerate(
+                zip(layout.segments, layout.patches, session.original_starts)):
+            local = offset[i] if isinstance(offset, list) else (patch_row + offset).clamp(min=0)
+            source = original_start + local.to(original.device)
             span = slice(segment.start, segment.start + segment.length)
             layout.positions[segment.row, span] = original[segment.row, source]
 
@@ -188,7 +213,8 @@ class DecoderPruner:
         session = self.session
         hidden = args[0] if args else kwargs["hidden_states"]
         if index == 0 and self.wants_entry and session.layout.segments:
-            self.method.prepare_llm(self._stage_view(None, hidden, None, hidden))
+            for group in session.groups:
+                self.method.prepare_llm(self._stage_view(group, None, hidden, None, hidden))
         if index in self.stage_specs and session.layout.segments:
             hidden = self._prune(index, layer, hidden, kwargs)
             args = (hidden, *args[1:]) if args else args
@@ -203,86 +229,107 @@ class DecoderPruner:
             kwargs.update(session.overrides)
         return args, kwargs
 
-    def _stage_view(self, layer: nn.Module | None, score_hidden: torch.Tensor, cos_sin, hidden: torch.Tensor
-                    ) -> DecoderStage:
-        """The :class:`DecoderStage` of the current layout: visual tokens of ``hidden``;
-        keys and queries from ``layer``'s projections on ``score_hidden`` (none when
-        ``layer`` is None)."""
-        session, layout = self.session, self.session.layout
+    def _stage_view(self, group: SegmentGroup, layer: nn.Module | None, score_hidden: torch.Tensor, cos_sin,
+                    hidden: torch.Tensor) -> DecoderStage:
+        """The :class:`DecoderStage` of ``group``'s segments in the current layout: visual
+        tokens of ``hidden``; keys and queries from ``layer``'s projections on
+        ``score_hidden`` (none when ``layer`` is None)."""
+        layout = self.session.layout
         batch, length, _ = hidden.shape
         device = hidden.device
-        rows = torch.tensor([s.row for s in layout.segments], device=device)
-        starts = torch.tensor([s.start for s in layout.segments], device=device)
-        columns = starts[:, None] + torch.arange(layout.segments[0].length, device=device)
+        segments = [layout.segments[i] for i in group.indices]
+        rows = torch.tensor([s.row for s in segments], device=device)
+        starts = torch.tensor([s.start for s in segments], device=device)
+        columns = starts[:, None] + torch.arange(segments[0].length, device=device)
         row_mask = layout.mask[rows].bool()
         visual = torch.zeros(batch, length, dtype=torch.bool, device=device)
-        visual[rows[:, None], columns] = True
+        for segment in layout.segments:  # every image of the row, not only this group's
+            visual[segment.row, segment.start:segment.start + segment.length] = True
         last = (row_mask.long() * torch.arange(length, device=device)).argmax(dim=1)
         stage = DecoderStage(hidden=hidden[rows[:, None], columns], keys=None, key_mask=None,
                              visual_columns=columns, scaling=1.0, project_queries=None,
                              row_hidden=hidden[rows], row_mask=row_mask, row_visual=visual[rows], last_columns=last,
-                             origins=layout.origins[rows], memo=session.memo)
+                             origins=layout.origins[rows], memo=group.memo)
         if layer is None:
             return stage
         attn = layer.self_attn
         head_dim = attn.head_dim
         cos, sin = cos_sin
-        normed = layer.input_layernorm(score_hidden)
-        keys = attn.k_proj(normed).view(batch, length, -1, head_dim).transpose(1, 2)
+        normed = layer.input_layernorm(score_hidden[rows])
+        keys = attn.k_proj(normed).view(len(segments), length, -1, head_dim).transpose(1, 2)
+        cos, sin = cos[rows] if cos.shape[0] == batch else cos, sin[rows] if sin.shape[0] == batch else sin
+        local = torch.arange(len(segments), device=device)[:, None]
 
         def project_queries(cols: torch.Tensor) -> torch.Tensor:
-            picked = normed[rows[:, None], cols]
+            picked = normed[local, cols]
             queries = attn.q_proj(picked).view(*cols.shape, -1, head_dim).transpose(1, 2)
-            return apply_rope(queries, cos[rows[:, None], cols], sin[rows[:, None], cols])
+            return apply_rope(queries, cos.expand(len(segments), -1, -1)[local, cols],
+                              sin.expand(len(segments), -1, -1)[local, cols])
 
-        stage.keys = apply_rope(keys, cos, sin)[rows]
+        stage.keys = apply_rope(keys, cos, sin)
         stage.key_mask = stage.query_mask(columns)
         stage.scaling = attn.scaling
         stage.project_queries = project_queries
         return stage
 
     def _prune(self, index: int, layer: nn.Module, hidden: torch.Tensor, kwargs) -> torch.Tensor:
-        session, layout, spec = self.session, self.session.layout, self.stage_specs[index]
+        session, layout = self.session, self.session.layout
         batch, length, _ = hidden.shape
         device = hidden.device
-        rows = torch.tensor([s.row for s in layout.segments], device=device)
-        num_visual = layout.segments[0].length
         if self.score_offset == -1:
             score_layer, score_hidden, cos_sin = session.score_input
         else:
             cos_sin = session.overrides["position_embeddings"] if session.overrides else kwargs["position_embeddings"]
             score_layer, score_hidden = layer, hidden
-        stage = self._stage_view(score_layer, score_hidden, cos_sin, hidden)
-        columns = stage.visual_columns
-        reduction = self.method.reduce_llm(stage, spec)
-        merge = reduction.merge
+        count = len(layout.segments)
+        specs: list[StageSpec] = [None] * count
+        dominant: list[torch.Tensor] = [None] * count
+        targets: list[torch.Tensor] = [None] * count
+        merged_into: list[torch.Tensor] = [None] * count
+        tokens: list[torch.Tensor] = [None] * count
+        target_columns: list[torch.Tensor] = [None] * count
+        for group in session.groups:
+            spec = group.specs[index]
+            stage = self._stage_view(group, score_layer, score_hidden, cos_sin, hidden)
+            reduction = self.method.reduce_llm(stage, spec)
+            # What the method returned, not the spec: SparseVLM's recycled count follows
+            # from how many tokens it pruned, which differs from a scaled spec's share.
+            kept = StageSpec(reduction.dominant.shape[1], reduction.merge.tokens.shape[1])
+            for local, i in enumerate(group.indices):
+                specs[i] = kept
+                dominant[i] = reduction.dominant[local]
+                targets[i] = reduction.merge.targets[local]
+                merged_into[i] = reduction.merge.merged_into[local]
+                tokens[i] = reduction.merge.tokens[local]
+                target_columns[i] = stage.visual_columns[local].gather(0, targets[i])
 
-        plan = plan_compaction(batch, length, layout.segments, spec.dominant, spec.contextual)
-        source = plan.resolve(reduction.dominant)
-        new_hidden = plan.gather(source, hidden, merge.tokens)
-        ones = layout.mask.new_ones(len(layout.segments), spec.contextual)
+        plan = plan_compaction(batch, length, layout.segments, [s.dominant for s in specs],
+                               [s.contextual for s in specs])
+        source = plan.resolve(dominant)
+        new_hidden = plan.gather(source, hidden, tokens)
+        ones = [layout.mask.new_ones(s.contextual) for s in specs]
         new_mask = plan.gather(source, layout.mask, ones, fill=0)
         if self.positions == "keep":
-            target_positions = layout.positions[rows[:, None], columns.gather(1, merge.targets)]
+            target_positions = [layout.positions[seg.row, cols] for seg, cols in zip(layout.segments, target_columns)]
             new_positions = plan.gather(source, layout.positions, target_positions, fill=0)
         else:
             new_positions = reindexed_positions(new_mask)
-        new_patches = torch.cat([layout.patches.gather(1, reduction.dominant),
-                                 layout.patches.gather(1, merge.targets)], dim=1)
+        new_patches = [torch.cat([patches.gather(0, d), patches.gather(0, t)])
+                       for patches, d, t in zip(layout.patches, dominant, targets)]
 
-        record = StageRecord("llm", index, num_visual, spec.dominant, spec.contextual)
+        record = StageRecord("llm", index, max(s.length for s in layout.segments),
+                             max(s.dominant for s in specs), max(s.contextual for s in specs))
         for i, segment in enumerate(layout.segments):
             record.segments.append(SegmentRecord(
-                row=segment.row, image=layout.images[i], dominant=reduction.dominant[i],
-                targets=merge.targets[i], merged_into=merge.merged_into[i],
-                input_patches=layout.patches[i], output_patches=new_patches[i]))
+                row=segment.row, image=layout.images[i], dominant=dominant[i], targets=targets[i],
+                merged_into=merged_into[i], input_patches=layout.patches[i], output_patches=new_patches[i]))
         session.report.stages.append(record)
 
         previous_shift = session.stages[max(session.stages)].shift if session.stages else torch.zeros(
             batch, 1, dtype=torch.long, device=device)
         removed = torch.tensor(plan.removed_per_row, device=device)[:, None]
         session.stages[index] = StageState(mask=new_mask, shift=previous_shift + removed)
-        no_origin = layout.origins.new_full((len(layout.segments), spec.contextual), -1)
+        no_origin = [layout.origins.new_full((s.contextual,), -1) for s in specs]
         new_origins = plan.gather(source, layout.origins, no_origin, fill=-1)
         session.layout = Layout(new_mask, new_positions, plan.new_segments, layout.images, new_patches, new_origins)
         session.report.output_mask = new_mask

@@ -220,7 +220,7 @@ class LlavaAdapter(ModelAdapter):
                 raise ValueError("input_ids: visiondrop locates image tokens from input_ids; "
                                  "passing inputs_embeds with images is not supported")
             return (), kwargs
-        segments = find_segments(input_ids == self.image_token_id, self.llm_tokens)
+        segments = self._image_segments(input_ids, kwargs)
         batch, length = input_ids.shape
         self.report = PruningReport(batch, len(self.language_model.layers))
         if not segments:
@@ -239,17 +239,24 @@ class LlavaAdapter(ModelAdapter):
         if original_positions is None:
             original_positions = reindexed_positions(mask)
 
-        kept = self.schedule.encoder.total if self.schedule.encoder is not None else self.llm_tokens
+        kept = self._entry_counts(segments)
         # Rows that shrink more get padding on the left, whatever the caller's side:
         # generate() reads the last column, which must stay each row's last token.
-        plan = plan_compaction(batch, length, segments, kept, 0, pad_side="left")
-        source = plan.resolve(torch.arange(kept, device=device).expand(len(segments), -1))
-        entry_ids = plan.gather(source, input_ids, fill=self.pad_token_id)
-        entry_mask = plan.gather(source, mask, fill=0)
-        entry_positions = plan.gather(source, original_positions, fill=0)
+        # An image may also grow: LLaVA-NeXT's release layout of a small, heavily padded
+        # image has more tokens than transformers' unpadded one; extra placeholders go last.
+        taken = [min(k, s.length) for k, s in zip(kept, segments)]
+        extra = [k - t for k, t in zip(kept, taken)]
+        plan = plan_compaction(batch, length, segments, taken, extra, pad_side="left")
+        source = plan.resolve([torch.arange(t, device=device) for t in taken])
+        last = [original_positions[s.row, s.start + s.length - 1] for s in segments]
+        entry_ids = plan.gather(source, input_ids, [input_ids.new_full((e,), self.image_token_id) for e in extra],
+                                fill=self.pad_token_id)
+        entry_mask = plan.gather(source, mask, [mask.new_ones(e) for e in extra], fill=0)
+        entry_positions = plan.gather(source, original_positions, [p.expand(e) for p, e in zip(last, extra)], fill=0)
         kwargs["input_ids"] = entry_ids
         kwargs["attention_mask"] = entry_mask
         kwargs.pop("position_ids", None)  # set at LM entry by the pruner
+        llm_segments = self._llm_segments(plan.new_segments)
 
         session = Session(
             batch_size=batch,
@@ -257,13 +264,32 @@ class LlavaAdapter(ModelAdapter):
             entry_mask=entry_mask,
             entry_shift=torch.tensor(plan.removed_per_row, device=device)[:, None],
             report=self.report,
-            entry_patches=lambda: self._entry_patches(plan.new_segments, device),
+            entry_patches=lambda: self._entry_patches(llm_segments, device),
             original_positions=original_positions,
             original_starts=tuple(s.start for s in segments),
             cache_length=plan.new_length,
         )
-        pruner.start_prefill(session, plan.new_segments, range(len(segments)), entry_positions)
+        pruner.start_prefill(session, llm_segments, range(len(segments)), entry_positions,
+                             self._segment_stages(llm_segments))
         return (), kwargs
+
+    # Overridden by adapters whose images vary in size or layout (LLaVA-NeXT).
+    def _image_segments(self, input_ids: torch.Tensor, kwargs) -> list[Segment]:
+        """One placeholder run per image of ``input_ids``, in order."""
+        return find_segments(input_ids == self.image_token_id, self.llm_tokens)
+
+    def _entry_counts(self, segments: list[Segment]) -> list[int]:
+        """Placeholders each image keeps in the sequence entering the LM."""
+        kept = self.schedule.encoder.total if self.schedule.encoder is not None else self.llm_tokens
+        return [kept] * len(segments)
+
+    def _llm_segments(self, entry_segments: tuple[Segment, ...]) -> tuple[Segment, ...]:
+        """The visual tokens the LLM stages prune, per image (all of its placeholders here)."""
+        return entry_segments
+
+    def _segment_stages(self, segments) -> list | None:
+        """Each segment's LLM stages; None: the schedule's for all (every image alike)."""
+        return None
 
     def _entry_patches(self, segments, device) -> tuple[torch.Tensor, int]:
         """Patch ids of each image's tokens at LM entry; adds the encoder stage's record."""
