@@ -203,3 +203,71 @@ def save_tiny_next_checkpoint(path, seed: int = 0) -> None:
                             image_grid_pinpoints=NEXT_PINPOINTS)
     LlavaNextProcessor(image_processor=images, tokenizer=tokenizer, patch_size=14,
                        vision_feature_select_strategy="default", num_additional_image_tokens=1).save_pretrained(path)
+
+
+# ------------------------------------------------------------------ Video-LLaVA
+VIDEO_TOKEN_ID = 251
+
+
+def tiny_video_llava(seed: int = 0, num_layers: int = 16, attn_implementation: str = "sdpa", frames: int = 8,
+                     image_size: int = 56, patch_size: int = 14):
+    """A tiny random ``VideoLlavaForConditionalGeneration``: two CLIP towers at
+    ``image_size`` px (56 / 14: 16 patches, so 16 tokens per image without [CLS] and
+    17 per video frame with it, as 256 and 257 on Video-LLaVA-7B), ``frames`` frames per
+    video (its ``video_seq_length``), a Llama LM of ``num_layers`` layers."""
+    from transformers import VideoLlavaConfig, VideoLlavaForConditionalGeneration
+
+    base = tiny_llava_config(num_layers=num_layers, attn_implementation=attn_implementation,
+                             image_size=image_size, patch_size=patch_size)
+    frame_tokens = (image_size // patch_size) ** 2 + 1
+    config = VideoLlavaConfig(vision_config=base.vision_config, text_config=base.text_config,
+                              image_token_index=IMAGE_TOKEN_ID, video_token_index=VIDEO_TOKEN_ID,
+                              vision_feature_layer=-2, vision_feature_select_strategy="default",
+                              image_seq_length=frame_tokens - 1, video_seq_length=frames * frame_tokens,
+                              projector_hidden_act="gelu")
+    config._attn_implementation = attn_implementation
+    torch.manual_seed(seed)
+    model = _sharpened(VideoLlavaForConditionalGeneration(config))
+    with torch.no_grad():
+        model.lm_head.weight[[IMAGE_TOKEN_ID, VIDEO_TOKEN_ID]] = 0.0
+    return model
+
+
+def video_llava_prompt(model, text_lengths: list[int], media: list[list[str]], seed: int = 0,
+                       padding_side: str = "left") -> dict[str, torch.Tensor]:
+    """A padded Video-LLaVA batch: row i is [3 text tokens, then for each item of
+    ``media[i]`` ("image" or "video") its placeholders and 2 text tokens, then
+    ``text_lengths[i]`` text tokens]. ``pixel_values`` holds every image and
+    ``pixel_values_videos`` every video of the batch, in row order (as transformers
+    expects: not aligned to rows)."""
+    config = model.config
+    vision = config.vision_config
+    patches = (vision.image_size // vision.patch_size) ** 2
+    frames = config.video_seq_length // (patches + 1)
+    per_item = {"image": patches + int(config.vision_feature_select_strategy == "full"),
+                "video": frames * (patches + 1)}
+    token = {"image": IMAGE_TOKEN_ID, "video": VIDEO_TOKEN_ID}
+    generator = torch.Generator().manual_seed(seed)
+    rows, counts = [], {"image": 0, "video": 0}
+    for length, items in zip(text_lengths, media):
+        row = torch.randint(1, 200, (3,), generator=generator).tolist()
+        for item in items:
+            if item not in token:
+                raise ValueError(f"media items must be 'image' or 'video', got {item!r}")
+            row += [token[item]] * per_item[item] + torch.randint(1, 200, (2,), generator=generator).tolist()
+            counts[item] += 1
+        rows.append(row + torch.randint(1, 200, (length,), generator=generator).tolist())
+    width = max(map(len, rows))
+    input_ids = torch.full((len(rows), width), PAD_TOKEN_ID)
+    attention_mask = torch.zeros(len(rows), width, dtype=torch.long)
+    for i, row in enumerate(rows):
+        span = slice(width - len(row), width) if padding_side == "left" else slice(0, len(row))
+        input_ids[i, span] = torch.tensor(row)
+        attention_mask[i, span] = 1
+    out = {"input_ids": input_ids, "attention_mask": attention_mask}
+    side = vision.image_size
+    if counts["image"]:
+        out["pixel_values"] = torch.randn(counts["image"], 3, side, side, generator=generator)
+    if counts["video"]:
+        out["pixel_values_videos"] = torch.randn(counts["video"], frames, 3, side, side, generator=generator)
+    return out

@@ -19,6 +19,8 @@ import torch
 from ..core.merging import ContextualMerge
 from ..schedule import Schedule, StageSpec
 
+MODALITIES = ("image", "video")
+
 
 @dataclass(frozen=True)
 class ModelGeometry:
@@ -29,12 +31,20 @@ class ModelGeometry:
         encoder_tokens: tokens per image in the vision encoder (577 for CLIP-L/336).
         llm_tokens: visual tokens per image the unpruned model feeds the LLM (576).
         has_cls: the encoder has a [CLS] token at index 0.
+        modality: what one planned unit is: "image" (an image, or one LLaVA-NeXT crop)
+            or "video" (one video frame, planned per frame by Video-LLaVA's adapter);
+            methods whose rule differs by modality read it (VisionDrop's entry factor).
     """
 
     num_layers: int
     encoder_tokens: int
     llm_tokens: int
     has_cls: bool
+    modality: str = "image"
+
+    def __post_init__(self) -> None:
+        if self.modality not in MODALITIES:
+            raise ValueError(f"modality must be one of {MODALITIES}, got {self.modality!r}")
 
 
 @dataclass

@@ -13,7 +13,8 @@ The ablations of the paper's Figure 6 are options: ``llm_scores="text"`` (the la
 instruction token's attention instead of visual-only), ``contextual_ratio=0``
 (merging off: the non-dominant tokens are dropped), ``encoder_stage=False`` (all
 tokens enter the LLM), and ``entry_factor`` / ``contextual_ratio`` for the encoder
-retention and the dominant:contextual split.
+retention and the dominant:contextual split. Video (Video-LLaVA, planned per frame)
+uses ``video_entry_factor`` = 3 instead of 1.5 (paper, Implementation Details).
 """
 
 from __future__ import annotations
@@ -55,6 +56,10 @@ class VisionDropConfig:
         contextual_ratio: share of each stage's tokens that are contextual (ceil);
             1/8 reproduces the released preset.
         entry_factor: tokens entering the LLM = entry_factor x budget (1.5 images).
+        video_entry_factor: the same for video (``geometry.modality == "video"``):
+            3 x budget enter the LLM, the paper's rule for video understanding
+            (Implementation Details: "1.5x the final count for image understanding
+            and 3x for video understanding"); used instead of ``entry_factor``.
         encoder_stage: prune in the vision encoder (False: all tokens enter the LLM and
             only the LLM stages prune; Figure 6 ablation).
         llm_scores: "visual" (paper: visual queries only) or "text" (the last
@@ -68,6 +73,7 @@ class VisionDropConfig:
     encoder_score: str = "auto"
     contextual_ratio: float = 1 / 8
     entry_factor: float = 1.5
+    video_entry_factor: float = 3.0
     encoder_stage: bool = True
     llm_scores: str = "visual"
 
@@ -92,6 +98,9 @@ class VisionDrop(PruningMethod):
             raise ValueError("give exactly one of budget=... or schedule=...")
         if cfg.entry_factor < 1:
             raise ValueError(f"entry_factor must be >= 1, got {cfg.entry_factor}")
+        if cfg.video_entry_factor < 1:
+            raise ValueError(f"video_entry_factor must be >= 1, got {cfg.video_entry_factor}")
+        entry_factor = cfg.video_entry_factor if geometry.modality == "video" else cfg.entry_factor
         if cfg.llm_scores not in LLM_SCORES:
             raise ValueError(f"llm_scores must be one of {LLM_SCORES}, got {cfg.llm_scores!r}")
         if not isinstance(cfg.encoder_stage, bool):
@@ -106,7 +115,7 @@ class VisionDrop(PruningMethod):
                 geometry.num_layers,
                 encoder_available if cfg.encoder_stage else geometry.llm_tokens,
                 encoder_stage=cfg.encoder_stage,
-                entry_factor=cfg.entry_factor,
+                entry_factor=entry_factor,
                 contextual_ratio=cfg.contextual_ratio,
             )
         else:

@@ -7,8 +7,9 @@ from torch import nn
 from .base import ModelAdapter
 from .llava import LlavaAdapter
 from .llava_next import LlavaNextAdapter
+from .video_llava import VideoLlavaAdapter
 
-ADAPTERS: tuple[type[ModelAdapter], ...] = (LlavaAdapter, LlavaNextAdapter)
+ADAPTERS: tuple[type[ModelAdapter], ...] = (LlavaAdapter, LlavaNextAdapter, VideoLlavaAdapter)
 
 
 def supported_models() -> list[str]:
