@@ -21,7 +21,7 @@ from functools import cached_property
 
 import torch
 from torch import nn
-from transformers.masking_utils import create_causal_mask
+from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
 
 from ..core.layout import Segment, plan_compaction
 from ..methods.base import DecoderStage, PruningMethod
@@ -101,7 +101,9 @@ class Session:
     original_starts: tuple[int, ...] = ()  # each segment's start before the encoder stage
     layout: Layout | None = None
     stages: dict[int, StageState] = field(default_factory=dict)
-    overrides: dict | None = None
+    overrides: dict | None = None  # positions and RoPE for the layers after a stage
+    mask_source: tuple | None = None  # (hidden, 2-D mask, cache) the stage's 4-D masks are built from
+    masks: dict = field(default_factory=dict)  # layer type -> 4-D mask for the current stage
     decoding: bool = False
     tail_mask: torch.Tensor | None = None  # (B, t) mask columns after the prompt
     decode_positions: torch.Tensor | None = None  # (B, q) LM-entry positions in decode
@@ -183,6 +185,8 @@ class DecoderPruner:
 
     def _lm_post_hook(self, module, args, output):
         session = self.session
+        if session is not None:
+            session.mask_source = None  # it holds the cache
         cache = getattr(output, "past_key_values", None)
         if session is not None and not session.decoding and cache is not None:
             session.cache = weakref.ref(cache)  # a strong one would keep the cache alive
@@ -225,8 +229,7 @@ class DecoderPruner:
             cos_sin = session.overrides["position_embeddings"] if session.overrides else kwargs["position_embeddings"]
             session.score_input = (layer, hidden, cos_sin)
         session.report.layer_visual_tokens[:, index] = session.layout.row_counts
-        if session.overrides is not None:
-            kwargs.update(session.overrides)
+        self._apply_overrides(index, kwargs)
         return args, kwargs
 
     def _stage_view(self, group: SegmentGroup, layer: nn.Module | None, score_hidden: torch.Tensor, cos_sin,
@@ -333,22 +336,35 @@ class DecoderPruner:
         new_origins = plan.gather(source, layout.origins, no_origin, fill=-1)
         session.layout = Layout(new_mask, new_positions, plan.new_segments, layout.images, new_patches, new_origins)
         session.report.output_mask = new_mask
-        session.overrides = self._layer_kwargs(new_hidden, new_mask, new_positions, kwargs, index)
+        self._start_stage(new_hidden, new_mask, new_positions, kwargs)
         return new_hidden
 
-    def _layer_kwargs(self, hidden, mask_2d, positions, kwargs, index: int) -> dict:
-        cos_sin = self.lm.rotary_emb(hidden, position_ids=positions)
-        # position_ids=None: with gapped positions create_causal_mask would take the
-        # batch for packed sequences. layer_idx: size against this stage's cache.
-        mask = create_causal_mask(
-            config=self.lm.config,
-            inputs_embeds=hidden,
-            attention_mask=mask_2d,
-            past_key_values=kwargs.get("past_key_values"),
-            position_ids=None,
-            layer_idx=index,
-        )
-        return {"attention_mask": mask, "position_embeddings": cos_sin, "position_ids": positions}
+    def _start_stage(self, hidden, mask_2d, positions, kwargs) -> None:
+        """New positions and RoPE for this stage's layers; their masks are built per
+        layer type on first use (:meth:`_apply_overrides`)."""
+        session = self.session
+        session.overrides = {"position_embeddings": self.lm.rotary_emb(hidden, position_ids=positions),
+                             "position_ids": positions}
+        session.mask_source = (hidden, mask_2d, kwargs.get("past_key_values"))
+        session.masks = {}
+
+    def _apply_overrides(self, index: int, kwargs) -> None:
+        session = self.session
+        if session.overrides is None:
+            return
+        kwargs.update(session.overrides)
+        # Qwen2-family stacks mix full and sliding-window layers (config.layer_types),
+        # each with its own mask and, in decode, its own cache length.
+        layer_types = getattr(self.lm.config, "layer_types", None)
+        layer_type = layer_types[index] if layer_types else "full_attention"
+        if layer_type not in session.masks:
+            build = create_sliding_window_causal_mask if layer_type == "sliding_attention" else create_causal_mask
+            hidden, mask_2d, cache = session.mask_source
+            # position_ids=None: with gapped positions the mask builders would take the
+            # batch for packed sequences. layer_idx: size against this layer's cache.
+            session.masks[layer_type] = build(config=self.lm.config, inputs_embeds=hidden, attention_mask=mask_2d,
+                                              past_key_values=cache, position_ids=None, layer_idx=index)
+        kwargs["attention_mask"] = session.masks[layer_type]
 
     # ----------------------------------------------------------------- decode
     def start_decode(self, tail_mask: torch.Tensor, positions: torch.Tensor, query_length: int) -> None:
@@ -357,6 +373,8 @@ class DecoderPruner:
         session.tail_mask = tail_mask
         session.decode_positions = positions
         session.overrides = None
+        session.mask_source = None
+        session.masks = {}
         session.cache_length += query_length
 
     def _decode_layer(self, index: int, args, kwargs):
@@ -368,7 +386,6 @@ class DecoderPruner:
             positions = session.decode_positions
             if self.positions == "reindex":
                 positions = positions - stage.shift
-            session.overrides = self._layer_kwargs(hidden, mask_2d, positions, kwargs, index)
-        if session.overrides is not None:
-            kwargs.update(session.overrides)
+            self._start_stage(hidden, mask_2d, positions, kwargs)
+        self._apply_overrides(index, kwargs)
         return args, kwargs
