@@ -1,5 +1,7 @@
 """The command line on a tiny checkpoint written to disk (from_pretrained path)."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -81,3 +83,83 @@ def test_generate_llava_next_prunes_every_crop(next_checkpoint, capsys):
     assert main(["generate", "--model", path, "--image", image, "--prompt", "x", "--budget", "42",
                  "--device", "cpu"]) == 2
     assert "multiple of 5" in capsys.readouterr().err
+
+
+def _save_tiny_video_llava_checkpoint(path) -> None:
+    """A tiny Video-LLaVA with a word-level tokenizer (``<image>``, ``<video>``) and its
+    image processor; without torchvision the CLI encodes videos frame by frame."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast, VideoLlavaImageProcessor
+
+    from visiondrop.testing import IMAGE_TOKEN_ID, VIDEO_TOKEN_ID, tiny_video_llava
+
+    words = ["<pad>", "<unk>", "<s>", "</s>", "USER:", "ASSISTANT:", "?", "what", "is", "this", "x"]
+    vocab = {word: i for i, word in enumerate(words + [f"w{i}" for i in range(IMAGE_TOKEN_ID - len(words))])}
+    vocab.update({"<image>": IMAGE_TOKEN_ID, "<video>": VIDEO_TOKEN_ID})
+    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    PreTrainedTokenizerFast(tokenizer_object=tokenizer, unk_token="<unk>", pad_token="<pad>", bos_token="<s>",
+                            eos_token="</s>", extra_special_tokens={"image_token": "<image>", "video_token": "<video>"}
+                            ).save_pretrained(path)
+    model = tiny_video_llava(seed=0, num_layers=8, image_size=56)
+    model.config.text_config.eos_token_id = 3
+    model.save_pretrained(path)
+    VideoLlavaImageProcessor(size={"shortest_edge": 56}, crop_size={"height": 56, "width": 56}).save_pretrained(path)
+
+
+@pytest.fixture(scope="module")
+def video_checkpoint(tmp_path_factory):
+    path = tmp_path_factory.mktemp("tiny-video-llava")
+    _save_tiny_video_llava_checkpoint(path)
+    frames = tmp_path_factory.mktemp("frames")
+    rng = np.random.default_rng(2)
+    for i in range(12):
+        Image.fromarray((rng.random((60, 80, 3)) * 255).astype("uint8")).save(frames / f"frame{i:03d}.png")
+    array = tmp_path_factory.mktemp("npy") / "clip.npy"
+    np.save(array, (rng.random((9, 60, 80, 3)) * 255).astype("uint8"))
+    return str(path), str(frames), str(array)
+
+
+def test_generate_video_llava_video(video_checkpoint, capsys):
+    path, frames, array = video_checkpoint
+    code = main(["generate", "--model", path, "--video", frames, "--prompt", "what is this ?",
+                 "--budget", "16", "--max-new-tokens", "3", "--device", "cpu"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    # 16 over 8 frames: 2 per frame, and VisionDrop lets 3 x 2 = 6 enter per frame (5 + 1)
+    assert "[video, per frame:" in captured.out
+    assert "vision encoder:   17 -> 5 dominant + 1 contextual" in captured.out
+    assert "tokens per layer (row 0): [48, 48," in captured.out
+
+
+def test_generate_video_llava_image_and_video_from_npy(video_checkpoint, capsys):
+    path, frames, array = video_checkpoint
+    image = str(sorted(Path(frames).iterdir())[0])
+    code = main(["generate", "--model", path, "--image", image, "--video", array, "--prompt", "what is this ?",
+                 "--budget", "16", "--max-new-tokens", "2", "--device", "cpu"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    # the image's 16 tokens all enter (its 1.5 x B entry exceeds them), beside the video's 48
+    assert "tokens per layer (row 0): [64, 64," in captured.out
+
+
+@pytest.mark.parametrize("arguments, parameter, message", [
+    ([], "--image/--video", "give an image, a video, or both"),
+    (["--video", "FEW"], "--video", "holds 3 frames; the model takes 8"),
+    (["--video", "/nonexistent"], "--video", "neither a folder"),
+    (["--video", "BAD_NPY"], "--video", "must hold a uint8 array"),
+    (["--video", "FRAMES", "--frames", "4"], "--frames", "this model takes 8 frames per video, got 4"),
+])
+def test_generate_video_errors(video_checkpoint, tmp_path, capsys, arguments, parameter, message):
+    path, frames, _ = video_checkpoint
+    bad = tmp_path / "bad.npy"
+    np.save(bad, np.zeros((8, 4, 4), dtype=np.float32))
+    few = tmp_path / "few"
+    few.mkdir()
+    for i in range(3):
+        Image.fromarray(np.zeros((8, 8, 3), dtype=np.uint8)).save(few / f"{i}.png")
+    arguments = [{"FRAMES": frames, "BAD_NPY": str(bad), "FEW": str(few)}.get(a, a) for a in arguments]
+    code = main(["generate", "--model", path, "--prompt", "x", "--budget", "16", "--device", "cpu", *arguments])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert f"visiondrop: {parameter}" in err and message in err, err

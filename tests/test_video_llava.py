@@ -237,3 +237,51 @@ def test_paper_budget_256_at_the_7b_geometry(geometry_7b, method):
     if method == "visiondrop":  # 3 x 256 enter the LLM for a video, 1.5 x 256 (capped at 256) for an image
         assert handle.adapter.video_schedule.encoder.total * FRAMES == 768
         assert handle.schedule.encoder.total == 256
+
+
+# ------------------------------------------------------------ strategy "full"
+FULL_METHODS = ["visiondrop", "fastv", "visionzip", "pdrop"]
+
+
+@pytest.fixture(scope="module")
+def full_model():
+    """Video-LLaVA with ``vision_feature_select_strategy="full"``: images keep [CLS] too."""
+    model = tiny_video_llava(seed=1, num_layers=LAYERS, image_size=SIZE)
+    model.config.vision_feature_select_strategy = "full"
+    model.config.image_seq_length = FRAME_TOKENS
+    return model
+
+
+def test_full_strategy_images_keep_cls(full_model):
+    adapter = visiondrop.models.adapter_for(full_model)
+    assert (adapter.llm_tokens, adapter.patch_offset) == (FRAME_TOKENS, 1)
+    batch = video_llava_prompt(full_model, [4], [["image"]])
+    assert batch["input_ids"].eq(visiondrop.testing.IMAGE_TOKEN_ID).sum() == FRAME_TOKENS
+    with torch.no_grad(), _apply(full_model, "visiondrop", 16) as handle:
+        full_model(**batch)
+    encoder = handle.report.stages[0]
+    assert encoder.name == "encoder"
+    assert -1 in encoder.segments[0].output_patches.tolist()  # the image's [CLS] enters the LLM
+
+
+@pytest.mark.parametrize("method", FULL_METHODS)
+def test_full_strategy_counts_and_rows_alone(full_model, method):
+    batch = video_llava_prompt(full_model, [5, 4, 7, 3], MEDIA, seed=7)
+    with torch.no_grad(), _apply(full_model, method) as handle:
+        out = full_model(**batch).logits
+        counts, mask = handle.report.layer_visual_tokens, handle.report.output_mask
+        image = handle.schedule
+        image_entry = image.encoder.total if image.encoder else FRAME_TOKENS
+        assert counts[0].tolist() == image.tokens_per_layer(LAYERS, image_entry)
+        assert torch.equal(counts[2], counts[0] + counts[1])
+        for row, alone_batch in _rows_alone(batch, MEDIA):
+            alone = full_model(**alone_batch).logits
+            assert torch.allclose(real_logits(out, mask, row), alone[0], atol=1e-4), f"row {row}"
+
+
+@pytest.mark.parametrize("positions", ["reindex", "keep"])
+@pytest.mark.parametrize("method", FULL_METHODS)
+def test_full_strategy_cached_generate_equals_full_recompute(full_model, method, positions):
+    batch = video_llava_prompt(full_model, [5, 9], [["image"], ["image", "video"]], seed=4)
+    with torch.no_grad(), _apply(full_model, method, positions=positions) as handle:
+        assert_generate_matches_recompute(full_model, handle, batch, 4, method in TEXT_GUIDED)

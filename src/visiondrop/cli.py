@@ -6,7 +6,6 @@ import argparse
 import shlex
 import sys
 
-LLAVA_PROMPT = "USER: <image>\n{prompt} ASSISTANT:"
 FIDELITY_BUDGETS = (192, 128, 64, 32, 16)  # as visiondrop.eval.fidelity.DEFAULT_BUDGETS (not imported: lazy)
 
 
@@ -23,9 +22,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="visiondrop", description="Training-free visual-token pruning for LVLMs.")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    gen = commands.add_parser("generate", help="answer a prompt about an image, pruned")
+    gen = commands.add_parser("generate", help="answer a prompt about an image or a video, pruned")
     gen.add_argument("--model", required=True, help="local checkpoint folder or hub id")
-    gen.add_argument("--image", required=True, help="image file")
+    gen.add_argument("--image", default=None, help="image file")
+    gen.add_argument("--video", default=None,
+                     help="video as a folder of frame images (sorted by name) or a .npy uint8 array "
+                          "(frames, height, width, 3); frames are sampled evenly")
+    gen.add_argument("--frames", type=int, default=None,
+                     help="frames to sample from --video (default: the model's, e.g. 8 for Video-LLaVA)")
     gen.add_argument("--prompt", required=True, help="the question; wrapped in the model's chat format")
     gen.add_argument("--budget", type=_budget, default=64,
                      help="visual tokens averaged over LLM layers, or 'full' for the unpruned model (default 64)")
@@ -64,28 +68,30 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _format_prompt(processor, prompt: str) -> str:
-    if getattr(processor, "chat_template", None):
-        conversation = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
-        return processor.apply_chat_template(conversation, add_generation_prompt=True)
-    return LLAVA_PROMPT.format(prompt=prompt)
-
-
 def generate(args: argparse.Namespace) -> int:
     import torch
-    from PIL import Image
-    from transformers import AutoModelForImageTextToText, AutoProcessor
+    from transformers import AutoConfig, AutoModelForImageTextToText
 
     import visiondrop
+
+    from . import inputs
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = {"auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[args.dtype]
     try:
-        image = Image.open(args.image).convert("RGB")
-    except (FileNotFoundError, OSError) as error:
-        print(f"visiondrop: --image: cannot read {args.image!r}: {error}", file=sys.stderr)
+        if args.image is None and args.video is None:
+            raise inputs.InputError("--image/--video", "give an image, a video, or both")
+        if args.frames is not None and args.frames < 1:
+            raise inputs.InputError("--frames", f"must be >= 1, got {args.frames}")
+        image = None if args.image is None else inputs.load_image(args.image)
+        config = AutoConfig.from_pretrained(args.model)
+        video = None
+        if args.video is not None:
+            video = inputs.load_frames(args.video, inputs.check_frames(config, args.frames))
+        processor = inputs.load_processor(args.model, config)
+    except inputs.InputError as error:
+        print(f"visiondrop: {error}", file=sys.stderr)
         return 2
-    processor = AutoProcessor.from_pretrained(args.model)
     model = AutoModelForImageTextToText.from_pretrained(args.model, dtype=dtype, attn_implementation=args.attn)
     model.to(device).eval()
 
@@ -97,17 +103,29 @@ def generate(args: argparse.Namespace) -> int:
         except ValueError as error:
             print(f"visiondrop: {error}", file=sys.stderr)
             return 2
-    inputs = processor(images=image, text=_format_prompt(processor, args.prompt), return_tensors="pt").to(device)
-    if "pixel_values" in inputs:
-        inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)
-    with torch.inference_mode():
-        output = model.generate(**inputs, max_new_tokens=args.max_new_tokens, do_sample=False)
-    answer = processor.batch_decode(output[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)[0]
+    media = {} if image is None else {"images": image}
+    if video is not None:
+        media["videos"] = [video]
+    text = inputs.format_prompt(processor, args.prompt, image is not None, video is not None)
+    batch = processor(text=text, return_tensors="pt", **media).to(device)
+    for key in ("pixel_values", "pixel_values_videos"):
+        if key in batch:
+            batch[key] = batch[key].to(model.dtype)
+    try:
+        with torch.inference_mode():
+            output = model.generate(**batch, max_new_tokens=args.max_new_tokens, do_sample=False)
+    except ValueError as error:  # e.g. a video of another frame count than the model's
+        print(f"visiondrop: {error}", file=sys.stderr)
+        return 2
+    answer = processor.batch_decode(output[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)[0]
     print(answer.strip())
     if handle is None:
         print("\n[full model: no pruning]")
     else:
         print(f"\n[{handle.method.name}, budget {args.budget}: {handle.schedule}]")
+        video_schedule = getattr(handle.adapter, "video_schedule", None)
+        if video is not None and video_schedule is not None:
+            print(f"[video, per frame: {video_schedule}]")
         print(handle.report.summary())
         handle.remove()
     return 0

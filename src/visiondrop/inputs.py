@@ -1,0 +1,147 @@
+"""Model inputs from files, for ``visiondrop generate`` and the tools: an image, a
+video as frames (a folder of images or a ``.npy`` array), the model's chat format,
+and a processor fallback for Video-LLaVA where torchvision is missing.
+
+transformers' video processors need torchvision (there is no CPU wheel on some
+machines). Video-LLaVA's frames are plain CLIP images, so without torchvision
+:func:`load_processor` returns :class:`FrameProcessor`: the checkpoint's tokenizer and
+image processor, which resizes and normalises a video frame by frame (the same CLIP
+settings as the video processor on the released checkpoint) and expands ``<video>`` to
+the model's ``video_seq_length`` placeholders, as the real processor does. Other video
+models still need torchvision, and say so.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+FRAME_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+LLAVA_PROMPT = "USER: {media}\n{prompt} ASSISTANT:"
+
+
+class InputError(ValueError):
+    """A bad input file or option; ``parameter`` names the CLI option."""
+
+    def __init__(self, parameter: str, message: str) -> None:
+        super().__init__(f"{parameter}: {message}")
+        self.parameter = parameter
+
+
+def load_image(path: str):
+    from PIL import Image
+
+    try:
+        return Image.open(path).convert("RGB")
+    except (FileNotFoundError, OSError) as error:
+        raise InputError("--image", f"cannot read {path!r}: {error}") from None
+
+
+def load_frames(path: str, frames: int) -> np.ndarray:
+    """``frames`` frames sampled evenly from a folder of images (sorted by name) or a
+    ``.npy`` array ``(T, H, W, 3)`` of uint8; returns ``(frames, H, W, 3)`` uint8."""
+    from PIL import Image
+
+    source = Path(path)
+    if source.is_dir():
+        files = sorted(p for p in source.iterdir() if p.suffix.lower() in FRAME_SUFFIXES)
+        if not files:
+            raise InputError("--video", f"folder {path!r} holds no frame images ({', '.join(FRAME_SUFFIXES)})")
+        if len(files) < frames:
+            raise InputError("--video", f"folder {path!r} holds {len(files)} frames; the model takes {frames}")
+        picked = np.linspace(0, len(files) - 1, frames).round().astype(int)
+        try:
+            images = [np.asarray(Image.open(files[i]).convert("RGB")) for i in picked]
+        except OSError as error:
+            raise InputError("--video", f"cannot read a frame in {path!r}: {error}") from None
+        if len({image.shape for image in images}) > 1:
+            raise InputError("--video", f"frames in {path!r} differ in size")
+        return np.stack(images)
+    if source.suffix == ".npy" and source.is_file():
+        array = np.load(source)
+        if array.ndim != 4 or array.shape[-1] != 3 or array.dtype != np.uint8:
+            raise InputError("--video", f"{path!r} must hold a uint8 array (frames, height, width, 3), "
+                             f"got {array.dtype} {tuple(array.shape)}")
+        if array.shape[0] < frames:
+            raise InputError("--video", f"{path!r} holds {array.shape[0]} frames; the model takes {frames}")
+        return array[np.linspace(0, array.shape[0] - 1, frames).round().astype(int)]
+    raise InputError("--video", f"{path!r} is neither a folder of frame images nor a .npy file")
+
+
+def video_frames(config) -> int:
+    """Frames per video the model expects: Video-LLaVA's ``video_seq_length`` over its
+    tokens per frame; 8 (the common default) for models without a fixed count."""
+    length = getattr(config, "video_seq_length", None)
+    vision = getattr(config, "vision_config", None)
+    if length and vision is not None and getattr(vision, "image_size", None):
+        return length // ((vision.image_size // vision.patch_size) ** 2 + 1)
+    return 8
+
+
+def check_frames(config, frames: int | None) -> int:
+    """``frames`` (or the model's default), refused where the model takes a fixed count."""
+    expected = video_frames(config)
+    if frames is None:
+        return expected
+    if getattr(config, "video_seq_length", None) and frames != expected:
+        raise InputError("--frames", f"this model takes {expected} frames per video, got {frames}")
+    return frames
+
+
+def format_prompt(processor, prompt: str, image: bool, video: bool) -> str:
+    """The model's chat format around one user turn with its media, then the answer cue."""
+    media = [{"type": "image"}] * image + [{"type": "video"}] * video
+    if getattr(processor, "chat_template", None):
+        conversation = [{"role": "user", "content": [*media, {"type": "text", "text": prompt}]}]
+        return processor.apply_chat_template(conversation, add_generation_prompt=True)
+    return LLAVA_PROMPT.format(media="\n".join(["<image>"] * image + ["<video>"] * video), prompt=prompt)
+
+
+class FrameProcessor:
+    """Video-LLaVA's processor without torchvision: the tokenizer and the image
+    processor; a video is encoded as its frames (see the module docstring)."""
+
+    chat_template = None
+
+    def __init__(self, tokenizer, image_processor, config) -> None:
+        self.tokenizer = tokenizer
+        self.image_processor = image_processor
+        self.image_tokens = config.image_seq_length
+        self.video_tokens = config.video_seq_length
+
+    def _pixels(self, images) -> "torch.Tensor":  # noqa: F821
+        out = self.image_processor(images=images, return_tensors="pt")
+        return out["pixel_values"] if "pixel_values" in out else out["pixel_values_images"]
+
+    def __call__(self, text: str, images=None, videos=None, return_tensors: str = "pt"):
+        from transformers import BatchFeature
+
+        text = text.replace("<image>", "<image>" * self.image_tokens).replace("<video>", "<video>" * self.video_tokens)
+        data = dict(self.tokenizer(text, return_tensors=return_tensors))
+        if images is not None:
+            data["pixel_values"] = self._pixels(images)
+        if videos is not None:
+            data["pixel_values_videos"] = self._pixels(list(videos[0]))[None]
+        return BatchFeature(data)
+
+    def batch_decode(self, *args, **kwargs):
+        return self.tokenizer.batch_decode(*args, **kwargs)
+
+
+def load_processor(path: str, config):
+    """``AutoProcessor``; for Video-LLaVA without torchvision, :class:`FrameProcessor`."""
+    from transformers import AutoProcessor
+    from transformers.utils import is_torchvision_available
+
+    if getattr(config, "video_seq_length", None) and not is_torchvision_available():
+        from transformers import AutoImageProcessor, AutoTokenizer
+
+        return FrameProcessor(AutoTokenizer.from_pretrained(path), AutoImageProcessor.from_pretrained(path), config)
+    try:
+        return AutoProcessor.from_pretrained(path)
+    except (ImportError, AttributeError) as error:
+        if is_torchvision_available():
+            raise
+        raise InputError("--model", f"this model's processor needs torchvision ({error}); pip install torchvision"
+                         ) from None
