@@ -1,7 +1,7 @@
 """visiondrop: training-free visual-token pruning for LLaVA-family models on plain
 transformers. ``handle = visiondrop.apply(model, budget=64)``."""
 
-from .api import PruningHandle, apply
+from .api import PruningHandle, apply, plan
 from .methods import available_methods, get_method, register_method
 from .models import supported_models
 from .report import PruningReport, SegmentRecord, StageRecord
@@ -18,6 +18,7 @@ __all__ = [
     "StageRecord",
     "StageSpec",
     "apply",
+    "plan",
     "available_methods",
     "get_method",
     "register_method",

@@ -52,6 +52,21 @@ class PruningHandle:
                 f"  config:   {self.method.config}\n  schedule: {self.schedule}")
 
 
+def plan(model: nn.Module, method: str = "visiondrop", *, budget: int | None = None,
+         schedule: Schedule | None = None, **options) -> Schedule:
+    """The schedule :func:`apply` would run on ``model`` (validated the same way), without
+    hooking anything: for FLOPs counts and benchmarks. Works on a meta-device model."""
+    return _planned(model, method, budget, schedule, options)[3]
+
+
+def _planned(model, method, budget, schedule, options):
+    """(adapter, method as configured, method to run, schedule), all validated."""
+    adapter = adapter_for(model)
+    adapter.configure(**{name: options.pop(name) for name in adapter.options if name in options})
+    pruning = get_method(method).from_options(budget=budget, schedule=schedule, **options)
+    return (adapter, pruning, *adapter.plan(pruning))
+
+
 def apply(model: nn.Module, method: str = "visiondrop", *, budget: int | None = None,
           schedule: Schedule | None = None, **options) -> PruningHandle:
     """Prune ``model``'s visual tokens with ``method`` until the handle is removed.
@@ -72,10 +87,7 @@ def apply(model: nn.Module, method: str = "visiondrop", *, budget: int | None = 
     existing = getattr(model, _HANDLE_ATTR, None)
     if existing is not None and existing.active:
         raise RuntimeError("model already has an active visiondrop handle; call handle.remove() first")
-    adapter = adapter_for(model)
-    adapter.configure(**{name: options.pop(name) for name in adapter.options if name in options})
-    pruning = get_method(method).from_options(budget=budget, schedule=schedule, **options)
-    runtime, resolved = adapter.plan(pruning)
+    adapter, pruning, runtime, resolved = _planned(model, method, budget, schedule, options)
     handle = PruningHandle(model, adapter, pruning, resolved)
     handle._hooks = adapter.install(runtime, resolved, getattr(pruning.config, "positions", "reindex"))
     setattr(model, _HANDLE_ATTR, handle)

@@ -1,4 +1,4 @@
-"""Command line: ``visiondrop generate``, ``methods``, ``demo`` and ``fidelity``."""
+"""Command line: ``visiondrop generate``, ``methods``, ``demo``, ``fidelity`` and ``flops``."""
 
 from __future__ import annotations
 
@@ -40,6 +40,18 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     gen.add_argument("--dtype", choices=("auto", "float32", "bfloat16", "float16"), default="auto")
     gen.add_argument("--attn", default="sdpa", help="attention backend: sdpa, eager, flash_attention_2")
+
+    flops = commands.add_parser(
+        "flops", help="analytic prefill FLOPs of the full model and of methods at a budget (the paper's Table 4)",
+        description="Count the FLOPs of one prefill (vision tower, projector, LM, LM head) from a model config "
+                    "and each method's per-layer visual-token counts. Conventions: docs/benchmarks/flops.md.")
+    flops.add_argument("--config", default="llava-1.5-7b",
+                       help="llava-1.5-7b, llava-next-7b, or a checkpoint folder / hub id (its config only)")
+    flops.add_argument("--methods", default="visiondrop", help="comma list of methods (default visiondrop)")
+    flops.add_argument("--budget", type=int, default=64, help="visual-token budget (default 64)")
+    flops.add_argument("--text-tokens", type=int, default=64, help="text tokens of the prompt (default 64)")
+    flops.add_argument("--image-size", default=None, help="HxW of the image (anyres models; default the largest grid)")
+    flops.add_argument("--table4", action="store_true", help="print the paper's Table 4 cells beside ours")
 
     commands.add_parser("methods", help="list the pruning methods")
     demo = commands.add_parser("demo", help="VisionDrop end to end on the shipped shapes-llava, on CPU")
@@ -128,6 +140,54 @@ def generate(args: argparse.Namespace) -> int:
             print(f"[video, per frame: {video_schedule}]")
         print(handle.report.summary())
         handle.remove()
+    return 0
+
+
+def flops(args: argparse.Namespace) -> int:
+    from .bench import flops as fl
+
+    if args.table4:
+        print("| model | method | budget | paper TFLOPs | ours | gap |\n|---|---|---|---|---|---|")
+        for row in fl.table4_rows():
+            print(f"| {row['config']} | {row['method']} | {row['budget'] or '-'} | {row['paper_tflops']:.2f} | "
+                  f"{row['tflops']:.2f} | {row['gap']:+.1%} |")
+        return 0
+    try:
+        if args.text_tokens < 0:
+            raise _BadArgument("--text-tokens", f"must be >= 0, got {args.text_tokens}")
+        size = None
+        if args.image_size is not None:
+            try:
+                size = tuple(int(v) for v in args.image_size.lower().split("x"))
+            except ValueError:
+                size = ()
+            if len(size) != 2 or min(size) < 1:
+                raise _BadArgument("--image-size", f"expected HxW such as 672x672, got {args.image_size!r}")
+        names = [name.strip() for name in args.methods.split(",") if name.strip()]
+        try:
+            model = fl.meta_model(args.config)
+        except (OSError, ValueError) as error:
+            raise _BadArgument("--config", str(error)) from None
+        import visiondrop
+
+        rows = [("full", fl.model_prefill_flops(model, None, image_size=size, text_tokens=args.text_tokens))]
+        for name in names:
+            try:
+                schedule = visiondrop.plan(model, name, budget=args.budget)
+            except ValueError as error:
+                raise _BadArgument("--methods" if name not in visiondrop.available_methods() else "--budget",
+                                   f"{name}: {error}") from None
+            rows.append((name, fl.model_prefill_flops(model, schedule, image_size=size,
+                                                      text_tokens=args.text_tokens)))
+    except (_BadArgument, NotImplementedError) as error:
+        print(f"visiondrop: {error}", file=sys.stderr)
+        return 2
+    full = rows[0][1].total
+    print(f"{args.config}, budget {args.budget}, {args.text_tokens} text tokens (TFLOPs)")
+    print("| method | vision | projector | LLM | LM head | total | of full |\n|---|---|---|---|---|---|---|")
+    for name, count in rows:
+        print(f"| {name} | {count.vision / 1e12:.3f} | {count.projector / 1e12:.3f} | {count.llm / 1e12:.3f} | "
+              f"{count.lm_head / 1e12:.3f} | {count.total / 1e12:.2f} | {count.total / full:.1%} |")
     return 0
 
 
@@ -247,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "fidelity":
         return fidelity(args, argv)
-    return {"generate": generate, "methods": methods, "demo": demo}[args.command](args)
+    return {"generate": generate, "methods": methods, "demo": demo, "flops": flops}[args.command](args)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from typing import ClassVar
 
 from torch import nn
@@ -13,6 +14,15 @@ from torch import nn
 from ..methods.base import ModelGeometry, PruningMethod, check_budget
 from ..report import PruningReport
 from ..schedule import Schedule
+
+
+@dataclass(frozen=True)
+class ImageCounts:
+    """One image's token counts in one prefill, for FLOPs (:mod:`visiondrop.bench.flops`)."""
+
+    per_layer: list[int]  # visual tokens each LM decoder layer sees (with unprunable ones: newlines)
+    encoder_passes: int  # vision-tower passes (crops, frames)
+    projected: int  # visual tokens through the projector
 
 
 class ModelAdapter(ABC):
@@ -45,6 +55,10 @@ class ModelAdapter(ABC):
     @abstractmethod
     def install(self, method: PruningMethod, schedule: Schedule, positions: str) -> list:
         """Register this model's hooks; return their removable handles."""
+
+    def image_counts(self, schedule: Schedule | None, image_size: tuple[int, int] | None = None) -> ImageCounts:
+        """Token counts of one image under ``schedule`` (None: unpruned), without running."""
+        raise NotImplementedError(f"model: token counts for FLOPs are not available for {type(self.model).__name__}")
 
     def reset(self) -> None:  # noqa: B027  (optional override)
         """Forget any in-flight state (called on remove)."""

@@ -25,7 +25,7 @@ from ..core.layout import Segment, plan_compaction
 from ..methods.base import EncoderStage, ModelGeometry, PruningMethod
 from ..report import PruningReport, SegmentRecord, StageRecord
 from ..schedule import Schedule
-from .base import ModelAdapter
+from .base import ImageCounts, ModelAdapter
 from .decoder import DecoderPruner, Session, reindexed_positions
 
 SUPPORTED_TOWERS = ("CLIPVisionModel", "SiglipVisionModel")
@@ -133,6 +133,13 @@ class LlavaAdapter(ModelAdapter):
             llm_tokens=self.llm_tokens,
             has_cls=self.has_cls,
         )
+
+    def image_counts(self, schedule: Schedule | None, image_size=None) -> ImageCounts:
+        layers = len(self.language_model.layers)
+        if schedule is None:
+            return ImageCounts([self.llm_tokens] * layers, 1, self.llm_tokens)
+        entry = schedule.encoder.total if schedule.encoder is not None else self.llm_tokens
+        return ImageCounts(schedule.tokens_per_layer(layers, entry), 1, self.llm_tokens)
 
     def install(self, method: PruningMethod, schedule: Schedule, positions: str) -> list:
         self.method, self.schedule = method, schedule

@@ -33,7 +33,7 @@ from ..core.layout import Segment
 from ..methods.base import PruningMethod
 from ..report import SegmentRecord, StageRecord
 from ..schedule import Schedule, scale_stages
-from .base import plan_per_unit
+from .base import ImageCounts, plan_per_unit
 from .llava import LlavaAdapter, _InstanceAttribute
 
 NEWLINE = -2
@@ -82,7 +82,8 @@ class LlavaNextAdapter(LlavaAdapter):
             crops, per_crop = self._crops(size), self.llm_tokens
             ids = torch.arange(crops * per_crop, dtype=torch.float64).view(crops, per_crop, 1)
             newline = torch.tensor([float(NEWLINE)], dtype=torch.float64)
-            packed, _ = self._original_pack([ids], torch.tensor([size]), self.strategy, image_newline=newline)
+            pack = type(self.base).pack_image_features.__get__(self.base)  # transformers' own, hooked or not
+            packed, _ = pack([ids], torch.tensor([size]), self.strategy, image_newline=newline)
             self._layouts[size] = packed[0][:, 0].round().long()
         return self._layouts[size]
 
@@ -139,12 +140,26 @@ class LlavaNextAdapter(LlavaAdapter):
             return entry_segments
         return tuple(Segment(s.row, s.start, s.length - 1) for s in entry_segments)
 
-    def _reference_entry(self) -> int:
-        per_crop = self.schedule.encoder.total if self.schedule.encoder is not None else self.llm_tokens
+    def _reference_entry(self, schedule: Schedule) -> int:
+        per_crop = schedule.encoder.total if schedule.encoder is not None else self.llm_tokens
         return self.units * per_crop
 
+    def image_counts(self, schedule: Schedule | None, image_size=None) -> ImageCounts:
+        """``image_size`` (H, W) defaults to the largest grid of the pinpoints (672 x 672 on
+        the 7B: 5 crops, 2928 tokens with newlines)."""
+        size = tuple(image_size) if image_size is not None else tuple(max(self.pinpoints, key=lambda p: p[0] * p[1]))
+        crops, layers = self._crops(size), len(self.language_model.layers)
+        packed = len(self._packed_ids(size))
+        if schedule is None:
+            return ImageCounts([packed] * layers, crops, crops * self.llm_tokens)
+        entry = packed if schedule.encoder is None else crops * schedule.encoder.total
+        stages = scale_stages(schedule.llm, self._reference_entry(schedule), entry)
+        newline = 1 if schedule.encoder is not None and self.newline == "end" else 0
+        counts = Schedule(encoder=None, llm=stages, layers=schedule.layers).tokens_per_layer(layers, entry)
+        return ImageCounts([n + newline for n in counts], crops, crops * self.llm_tokens)
+
     def _segment_stages(self, segments) -> list | None:
-        reference = self._reference_entry()
+        reference = self._reference_entry(self.schedule)
         if all(s.length == reference for s in segments):
             return None
         return [scale_stages(self.schedule.llm, reference, s.length) for s in segments]
