@@ -1,4 +1,4 @@
-"""Command line: ``visiondrop generate``, ``methods``, ``demo``, ``fidelity`` and ``flops``."""
+"""Command line: ``visiondrop generate``, ``methods``, ``demo``, ``fidelity``, ``flops`` and ``bench``."""
 
 from __future__ import annotations
 
@@ -52,6 +52,24 @@ def build_parser() -> argparse.ArgumentParser:
     flops.add_argument("--text-tokens", type=int, default=64, help="text tokens of the prompt (default 64)")
     flops.add_argument("--image-size", default=None, help="HxW of the image (anyres models; default the largest grid)")
     flops.add_argument("--table4", action="store_true", help="print the paper's Table 4 cells beside ours")
+
+    bench = commands.add_parser(
+        "bench", help="latency, throughput and memory of every method at one budget, interleaved (GPU)",
+        description="Time the full model, each method at --budget and the ideal (only B visual tokens from the "
+                    "start) on one model, interleaved; write Markdown, JSON and a plot (docs/benchmarks).")
+    bench.add_argument("--config", default="llava-1.5-7b",
+                       help="llava-1.5-7b or llava-next-7b (random weights, no download), or a checkpoint")
+    bench.add_argument("--methods", default="visiondrop,fastv,pdrop,sparsevlm,visionzip,vispruner")
+    bench.add_argument("--budget", type=int, default=64)
+    bench.add_argument("--throughput-batches", default="8,32")
+    bench.add_argument("--decode-batches", default="1,32")
+    bench.add_argument("--repeats", type=int, default=20)
+    bench.add_argument("--warmup", type=int, default=3)
+    bench.add_argument("--new-tokens", type=int, default=32)
+    bench.add_argument("--dtype", choices=("bfloat16", "float16", "float32"), default="bfloat16")
+    bench.add_argument("--attn", default="sdpa")
+    bench.add_argument("--device", default=None, help="default: cuda if available")
+    bench.add_argument("--out", default="bench-results", help="output folder")
 
     commands.add_parser("methods", help="list the pruning methods")
     demo = commands.add_parser("demo", help="VisionDrop end to end on the shipped shapes-llava, on CPU")
@@ -191,6 +209,41 @@ def flops(args: argparse.Namespace) -> int:
     return 0
 
 
+def bench(args: argparse.Namespace) -> int:
+    import torch
+
+    import visiondrop
+
+    from .bench import latency
+
+    try:
+        methods = tuple(name.strip() for name in args.methods.split(",") if name.strip())
+        unknown = [m for m in methods if m not in visiondrop.available_methods()]
+        if unknown:
+            raise _BadArgument("--methods", f"unknown {unknown}; available: {sorted(visiondrop.available_methods())}")
+        batches = {}
+        for option in ("throughput_batches", "decode_batches"):
+            text = getattr(args, option)
+            batches[option] = tuple(_positive_int("--" + option.replace("_", "-"), v) for v in text.split(",") if v)
+        device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        config = latency.BenchConfig(model=args.config, methods=methods, budget=args.budget,
+                                     repeats=args.repeats, warmup=args.warmup, new_tokens=args.new_tokens,
+                                     dtype=args.dtype, attn=args.attn, device=device, **batches)
+    except (_BadArgument, ValueError) as error:
+        print(f"visiondrop: {error}", file=sys.stderr)
+        return 2
+    try:
+        result = latency.run_bench(config)
+    except ValueError as error:  # a budget a method cannot plan: raised before any timing
+        print(f"visiondrop: {error}", file=sys.stderr)
+        return 2
+    paths = latency.save(result, args.out)
+    print(latency.to_markdown(result))
+    for path in paths.values():
+        print(f"wrote {path}")
+    return 0
+
+
 def methods(args: argparse.Namespace) -> int:
     import visiondrop
 
@@ -307,7 +360,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "fidelity":
         return fidelity(args, argv)
-    return {"generate": generate, "methods": methods, "demo": demo, "flops": flops}[args.command](args)
+    return {"generate": generate, "methods": methods, "demo": demo, "flops": flops, "bench": bench}[args.command](args)
 
 
 if __name__ == "__main__":
