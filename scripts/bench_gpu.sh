@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# The committed benchmark runs (docs/benchmarks/): one model per call of the device tool.
+#   bash scripts/bench_gpu.sh llava-1.5-7b   # budget 64, batches 8 and 32
+#   bash scripts/bench_gpu.sh llava-next-7b  # budget 320, batch 8 (32 would not fit a KV cache in 80 GB)
+set -euo pipefail
+export PYTHONPATH=src PYTHONUNBUFFERED=1
+OUT=${OUT:-bench-results}
+case "${1:-llava-1.5-7b}" in
+  llava-1.5-7b)
+    python3 -m visiondrop.cli bench --config llava-1.5-7b --budget 64 --throughput-batches 8,32 \
+      --decode-batches 1,32 --repeats 10 --warmup 2 --out "$OUT" ;;
+  llava-next-7b)
+    python3 -m visiondrop.cli bench --config llava-next-7b --budget 320 --throughput-batches 8 \
+      --decode-batches 1,8 --repeats 8 --warmup 2 --out "$OUT" ;;
+  *) echo "unknown model $1" >&2; exit 2 ;;
+esac
