@@ -80,3 +80,29 @@ def test_infeasible_budget_fails_before_timing():
     config = latency.BenchConfig(model="tiny", methods=("fastv",), budget=2, **SMALL)
     with pytest.raises(ValueError, match="budget"):
         latency.run_bench(config, model=model, progress=False)
+
+
+def test_machinery_share_is_recorded_per_method(llava_result):
+    _, result = llava_result
+    assert set(result["machinery"]) == {"visiondrop", "fastv", "visionzip"}  # not full, not ideal
+    for shares in result["machinery"].values():
+        assert set(shares) == {"share@1", "share@2"}
+        assert all(0 < share < 1 for share in shares.values())
+    table = latency.to_markdown(result)
+    assert "machinery b1" in table and "machinery b2" in table
+
+
+def test_machinery_recorder_counts_marked_calls_only_while_measuring():
+    from visiondrop import timing
+
+    @timing.machinery
+    def marked(x):
+        return x + 1
+
+    assert marked(1) == 2 and not timing.RECORDER.active
+    with timing.measure_machinery() as spent:
+        for i in range(3):
+            assert marked(i) == i + 1
+    assert len(timing.RECORDER.spans) == 3 and spent() >= 0
+    marked(0)
+    assert len(timing.RECORDER.spans) == 3  # off again

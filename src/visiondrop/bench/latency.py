@@ -13,7 +13,9 @@ interquartile range), following the device tool's METHOD.md:
 - ``decode_ms_per_step`` at each of ``decode_batches``: one greedy step on the pruned
   cache (prompt prefilled once per repeat, then ``decode_steps`` steps timed);
 - ``generate_ms``: prefill + ``new_tokens`` generated tokens at batch 1 (``generate``);
-- ``peak_mib`` of the batch-1 prefill and ``kv_cache_mib`` of its cache.
+- ``peak_mib`` of the batch-1 prefill and ``kv_cache_mib`` of its cache;
+- ``machinery``: the share of the prefill (batch 1 and the largest throughput batch) spent
+  in the library's hook bodies (:mod:`visiondrop.timing`), after the timed rounds.
 
 Timing uses CUDA events on a GPU and ``perf_counter`` on the CPU (where the bench runs
 only to check its bookkeeping: tests assert no timing).
@@ -266,10 +268,32 @@ def run_bench(config: BenchConfig, model=None, progress: bool = True) -> dict:
                             visual_tokens[variant.name] = variant.handle.report.layer_visual_tokens[0].tolist()
                 finally:
                     variant.deactivate()
+        machinery = {v.name: _machinery_share(v, model, inputs, config, timed) for v in variants if v.method}
     figures = {name: {key: asdict(Figure.of(values)) for key, values in by_key.items()}
                for name, by_key in samples.items()}
     return {"config": asdict(config), "figures": figures, "memory": memory, "visual_tokens": visual_tokens,
-            "environment": environment(device)}
+            "machinery": machinery, "environment": environment(device)}
+
+
+def _machinery_share(variant, model, inputs, config, timed, repeats: int = 5) -> dict[str, float]:
+    """Median share of the prefill spent in the hook bodies marked ``@machinery``
+    (``visiondrop.timing``), at batch 1 (with a cache, as TTFT) and at the largest
+    throughput batch."""
+    from ..timing import measure_machinery
+
+    shares = {}
+    variant.activate(model)
+    try:
+        for batch in sorted({1, *config.throughput_batches[-1:]}):
+            ratios = []
+            for _ in range(repeats):
+                with measure_machinery() as spent:
+                    total = timed(lambda b=batch: variant.prefill(model, inputs[b], use_cache=b == 1))
+                ratios.append(spent() / total)
+            shares[f"share@{batch}"] = statistics.median(ratios)
+    finally:
+        variant.deactivate()
+    return shares
 
 
 def _decode_ms(variant, model, inputs, steps: int, timed) -> float:
@@ -348,7 +372,9 @@ def to_markdown(result: dict) -> str:
     figures = result["figures"]
     keys = list(figures["full"])
     names = list(figures)
-    header = ["variant", *(_label(k, result)[0] for k in keys), "KV cache MiB", "peak prefill MiB"]
+    batches = sorted({key for shares in result.get("machinery", {}).values() for key in shares})
+    header = ["variant", *(_label(k, result)[0] for k in keys), "KV cache MiB", "peak prefill MiB",
+              *(f"machinery {key.replace('share@', 'b')}" for key in batches)]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for name in names:
         cells = [name]
@@ -360,6 +386,8 @@ def to_markdown(result: dict) -> str:
         memory = result["memory"].get(name, {})
         cells.append(f"{memory.get('kv_cache_mib', float('nan')):.1f}")
         cells.append(f"{memory.get('peak_prefill_mib', float('nan')):.0f}")
+        shares = result.get("machinery", {}).get(name, {})
+        cells.extend(f"{shares[key]:.1%}" if key in shares else "-" for key in batches)
         lines.append("| " + " | ".join(cells) + " |")
     env = result["environment"]
     config = result["config"]

@@ -25,6 +25,7 @@ from ..core.layout import Segment, plan_compaction
 from ..methods.base import EncoderStage, ModelGeometry, PruningMethod
 from ..report import PruningReport, SegmentRecord, StageRecord
 from ..schedule import Schedule
+from ..timing import machinery
 from .base import ImageCounts, ModelAdapter
 from .decoder import DecoderPruner, Session, reindexed_positions
 
@@ -173,6 +174,7 @@ class LlavaAdapter(ModelAdapter):
 
         return hook
 
+    @machinery
     def _projector_pre_hook(self, module, args):
         features = args[0]
         hidden, queries, keys = (self._stash.pop(k, None) for k in ("hidden", "queries", "keys"))
@@ -208,6 +210,7 @@ class LlavaAdapter(ModelAdapter):
                              "loss yourself from handle.report, or remove the handle")
         return None
 
+    @machinery
     def _model_pre_hook(self, module, args, kwargs):
         if args:  # bind positional arguments so they can be rewritten
             kwargs.update(zip(self._forward_params, args))

@@ -33,6 +33,7 @@ from ..core.layout import Segment
 from ..methods.base import PruningMethod
 from ..report import SegmentRecord, StageRecord
 from ..schedule import Schedule, scale_stages
+from ..timing import machinery
 from .base import ImageCounts, plan_per_unit
 from .llava import LlavaAdapter, _InstanceAttribute
 
@@ -165,6 +166,7 @@ class LlavaNextAdapter(LlavaAdapter):
         return [scale_stages(self.schedule.llm, reference, s.length) for s in segments]
 
     # ------------------------------------------------ the release's crop layout
+    @machinery
     def _pack_image_features(self, image_features, image_sizes, vision_feature_select_strategy, image_newline=None):
         """Replaces ``pack_image_features`` on this model instance: with an encoder stage,
         lay each image's reduced crops out as the release does; without one, transformers'
