@@ -64,8 +64,9 @@ def assert_generate_matches_recompute(model, handle, batch: dict, steps: int, te
     new_tokens = generated[:, batch["input_ids"].shape[1]:]
     ids, mask = batch["input_ids"], batch["attention_mask"]
     extra = {k: v for k, v in batch.items() if k not in ("input_ids", "attention_mask")}
+    running = getattr(handle.adapter, "method", handle.method)  # per-crop / per-frame plans run a copy
     for step in range(steps):
-        guard = prompt_queries(handle.method, step) if text_guided else nullcontext()
+        guard = prompt_queries(running, step) if text_guided else nullcontext()
         with guard:
             logits = model(input_ids=ids, attention_mask=mask, use_cache=False, **extra).logits
         token = logits[:, -1].argmax(-1)

@@ -16,7 +16,7 @@ from helpers import assert_generate_matches_recompute, assert_same_selections, r
 
 import visiondrop
 from visiondrop.schedule import BudgetInfeasible
-from visiondrop.testing import tiny_video_llava, video_llava_prompt
+from visiondrop.testing import tiny_video_llava, video_llava_image_key, video_llava_prompt
 
 SIZE = 70
 FRAMES = 8
@@ -58,7 +58,7 @@ def _apply(model, method, budget=None, **extra):
 def _rows_alone(batch, media):
     """Each row without its padding, with its own images and videos."""
     first = {"image": 0, "video": 0}
-    keys = {"image": "pixel_values", "video": "pixel_values_videos"}
+    keys = {"image": video_llava_image_key(), "video": "pixel_values_videos"}
     for row, items in enumerate(media):
         keep = batch["attention_mask"][row].bool()
         out = {key: batch[key][row][keep][None] for key in ("input_ids", "attention_mask")}

@@ -120,7 +120,9 @@ class FrameProcessor:
         text = text.replace("<image>", "<image>" * self.image_tokens).replace("<video>", "<video>" * self.video_tokens)
         data = dict(self.tokenizer(text, return_tensors=return_tensors))
         if images is not None:
-            data["pixel_values"] = self._pixels(images)
+            from .models.video_llava import image_input_key
+
+            data[image_input_key()] = self._pixels(images)
         if videos is not None:
             data["pixel_values_videos"] = self._pixels(list(videos[0]))[None]
         return BatchFeature(data)
@@ -134,14 +136,16 @@ def load_processor(path: str, config):
     from transformers import AutoProcessor
     from transformers.utils import is_torchvision_available
 
-    if getattr(config, "video_seq_length", None) and not is_torchvision_available():
-        from transformers import AutoImageProcessor, AutoTokenizer
-
-        return FrameProcessor(AutoTokenizer.from_pretrained(path), AutoImageProcessor.from_pretrained(path), config)
     try:
+        if getattr(config, "video_seq_length", None) and not is_torchvision_available():
+            from transformers import AutoImageProcessor, AutoTokenizer
+
+            return FrameProcessor(AutoTokenizer.from_pretrained(path), AutoImageProcessor.from_pretrained(path),
+                                  config)
         return AutoProcessor.from_pretrained(path)
     except (ImportError, AttributeError) as error:
         if is_torchvision_available():
             raise
-        raise InputError("--model", f"this model's processor needs torchvision ({error}); pip install torchvision"
+        reason = str(error).strip().splitlines()[0]
+        raise InputError("--model", f"this model's processor needs torchvision ({reason}); pip install torchvision"
                          ) from None

@@ -17,6 +17,7 @@ from typing import ClassVar
 import torch
 
 from ..core.merging import ContextualMerge
+from ..core.scoring import received_attention_scores
 from ..schedule import Schedule, StageSpec
 
 MODALITIES = ("image", "video")
@@ -51,13 +52,30 @@ class ModelGeometry:
 class EncoderStage:
     """One vision-encoder stage for S images: ``hidden`` ``(S, N, H)`` are the features
     the projector would see (CLS included when the encoder has one); ``queries`` and
-    ``keys`` ``(S, heads, N, d)`` come from the same encoder layer."""
+    ``keys`` ``(S, heads, N, d)`` come from the same encoder layer.
+
+    Where the N tokens are not positions of one attention layer (Qwen2.5-VL's merged 2 x 2
+    blocks), the adapter gives ``received`` ``(S, N)``, the attention each token receives
+    from the image's tokens, and ``merge_keys`` ``(S, N, d)`` instead of queries and keys."""
 
     hidden: torch.Tensor
-    queries: torch.Tensor
-    keys: torch.Tensor
+    queries: torch.Tensor | None
+    keys: torch.Tensor | None
     scaling: float
     has_cls: bool
+    received: torch.Tensor | None = None
+    merge_keys: torch.Tensor | None = None
+
+    def received_scores(self) -> torch.Tensor:
+        """``(S, N)`` mean attention each token receives from all tokens (paper, Sec.
+        "Visual Query Selection")."""
+        if self.received is not None:
+            return self.received
+        return received_attention_scores(self.queries, self.keys, self.scaling)
+
+    def similarity_keys(self) -> torch.Tensor:
+        """``(S, N, d)`` keys for contextual merging: the layer's keys averaged over heads."""
+        return self.merge_keys if self.merge_keys is not None else self.keys.mean(dim=1)
 
 
 @dataclass

@@ -82,4 +82,4 @@ class RandomPruning(PruningMethod):
         scores = torch.rand(num_tokens - offset, generator=generator)
         patches = select_dominant(scores[None], spec.dominant)[0] + offset
         dominant = patches.to(stage.hidden.device).expand(num_images, -1).contiguous()
-        return Reduction(dominant, contextual_merge(stage.hidden, stage.keys.mean(dim=1), dominant, 0))
+        return Reduction(dominant, contextual_merge(stage.hidden, stage.similarity_keys(), dominant, 0))

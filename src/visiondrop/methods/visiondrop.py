@@ -26,7 +26,6 @@ import torch
 from ..core.merging import contextual_merge
 from ..core.scoring import (
     cls_attention_scores,
-    received_attention_scores,
     text_query_scores,
     visual_query_scores,
 )
@@ -127,9 +126,8 @@ class VisionDrop(PruningMethod):
     def reduce_encoder(self, stage: EncoderStage, spec: StageSpec) -> Reduction:
         cfg = self.config
         use_cls = cfg.encoder_score == "cls" or (cfg.encoder_score == "auto" and stage.has_cls)
-        score_fn = cls_attention_scores if use_cls else received_attention_scores
-        scores = score_fn(stage.queries, stage.keys, stage.scaling)
-        metric = stage.keys.mean(dim=1)
+        scores = cls_attention_scores(stage.queries, stage.keys, stage.scaling) if use_cls else stage.received_scores()
+        metric = stage.similarity_keys()
         if stage.has_cls and not cfg.keep_cls:
             # CLS only scores: select and merge among the patches, then re-offset.
             dominant = select_dominant(scores[:, 1:], spec.dominant) + 1

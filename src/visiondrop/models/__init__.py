@@ -7,9 +7,12 @@ from torch import nn
 from .base import ModelAdapter
 from .llava import LlavaAdapter
 from .llava_next import LlavaNextAdapter
+from .llava_onevision import LlavaOnevisionAdapter
+from .qwen2_5_vl import Qwen2_5_VLAdapter
 from .video_llava import VideoLlavaAdapter
 
-ADAPTERS: tuple[type[ModelAdapter], ...] = (LlavaAdapter, LlavaNextAdapter, VideoLlavaAdapter)
+ADAPTERS: tuple[type[ModelAdapter], ...] = (LlavaAdapter, LlavaNextAdapter, LlavaOnevisionAdapter,
+                                            VideoLlavaAdapter, Qwen2_5_VLAdapter)
 
 
 def supported_models() -> list[str]:

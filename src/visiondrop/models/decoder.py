@@ -10,6 +10,12 @@ State lives in a :class:`Session`: one prefill and the decode steps that follow 
 In decode each stage's layers see a cache shorter than layer 0's, so their mask is
 rebuilt from the stage's 2-D padding mask plus the new tokens' columns, sized
 against that stage's own cache layer.
+
+Positions are token-major: ``(B, L)`` for 1-D RoPE, ``(B, L, 3)`` for mRoPE
+(Qwen2-VL's temporal, height, width planes), so one gather moves a token's whole
+position. A :class:`PositionRule` knows the rest: how "reindex" renumbers, and what
+the rotary embedding and the layers take. Decode shifts ("reindex") are the
+difference between the last real token's position at LM entry and after each stage.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from ..core.layout import Segment, plan_compaction
 from ..methods.base import DecoderStage, PruningMethod
 from ..report import PruningReport, SegmentRecord, StageRecord
 from ..schedule import Schedule, StageSpec
+from ..timing import machinery
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -46,12 +53,83 @@ def reindexed_positions(mask: torch.Tensor) -> torch.Tensor:
     return positions.masked_fill(mask == 0, 0)
 
 
+def last_token_positions(positions: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``(B, 1[, planes])``: the position of each row's last real token."""
+    last = (mask.long() * torch.arange(mask.shape[1], device=mask.device)).argmax(dim=1)
+    return positions[torch.arange(mask.shape[0], device=mask.device), last.to(positions.device)][:, None]
+
+
+class PositionRule:
+    """1-D RoPE (Llama, Qwen2): position ids ``(B, L)``; "reindex" numbers each row's
+    real tokens 0..n-1."""
+
+    #: "reindex" starts from the kept tokens' own positions (False: from the mask only)
+    reindex_from_kept = False
+
+    def reindexed(self, mask: torch.Tensor, segments: Sequence[Segment], kept: torch.Tensor | None) -> torch.Tensor:
+        return reindexed_positions(mask)
+
+    def rope_ids(self, positions: torch.Tensor) -> torch.Tensor:
+        """What the LM's ``position_ids`` and its ``rotary_emb`` take."""
+        return positions
+
+    def layer_ids(self, positions: torch.Tensor) -> torch.Tensor | None:
+        """The ``position_ids`` decoder layers get (flash-attention reads them)."""
+        return positions
+
+
+class MultimodalPositionRule(PositionRule):
+    """mRoPE (Qwen2-VL, Qwen2.5-VL): token-major ``(B, L, 3)`` (t, h, w) positions; the
+    LM takes ``(3, B, L)``. Layers get no ``position_ids``, as in a plain forward of the
+    unpruned model: gapped positions would look like packed sequences to flash attention.
+
+    "reindex" compacts the sequence so that it has no gaps: each text token continues at
+    the previous token's position + 1; a visual segment keeps its tokens' (t, h, w)
+    offsets from the position its image started at; the token after a segment
+    continues at 1 + the largest height/width position among its kept tokens
+    (``get_rope_index`` advances by max(h, w) / 2, the same for an unpruned image)."""
+
+    reindex_from_kept = True
+
+    def reindexed(self, mask, segments, kept):
+        out = torch.zeros_like(kept, device="cpu")
+        source, real = kept.cpu(), mask.bool().cpu()
+        for row in range(mask.shape[0]):
+            row_segments = sorted((s for s in segments if s.row == row), key=lambda s: s.start)
+            self._compact_row(source[row], real[row], row_segments, out[row])
+        return out.to(kept.device)
+
+    @staticmethod
+    def _compact_row(source, real, segments, out) -> None:
+        source_next = out_next = 0  # where the next token starts, before and after compaction
+        column = 0
+        for segment in [*segments, Segment(-1, len(real), 0)]:
+            text = real[column:segment.start].nonzero().squeeze(1) + column
+            if len(text):
+                out[text] = out_next + torch.arange(len(text))[:, None]
+                out_next += len(text)
+                source_next = int(source[text[-1]].max()) + 1
+            if not segment.length:
+                break
+            span = slice(segment.start, segment.start + segment.length)
+            out[span] = source[span] - source_next + out_next
+            source_next = int(source[span, 1:].max()) + 1
+            out_next = int(out[span, 1:].max()) + 1
+            column = segment.start + segment.length
+
+    def rope_ids(self, positions):
+        return positions.permute(2, 0, 1)
+
+    def layer_ids(self, positions):
+        return None
+
+
 @dataclass
 class Layout:
     """The visual layout of the current prefill sequence."""
 
     mask: torch.Tensor  # (B, L) 2-D padding mask, 1 = real token
-    positions: torch.Tensor  # (B, L) position ids
+    positions: torch.Tensor  # (B, L) position ids, (B, L, planes) for mRoPE
     segments: tuple[Segment, ...]
     images: tuple[int, ...]  # image index of each segment
     patches: list[torch.Tensor]  # per segment: the patch id of each of its visual tokens
@@ -80,7 +158,7 @@ class SegmentGroup:
 @dataclass
 class StageState:
     mask: torch.Tensor  # (B, L_k) 2-D padding mask after this stage (prefill part)
-    shift: torch.Tensor  # (B, 1) real tokens removed by LLM stages up to this one
+    shift: torch.Tensor  # (B, 1[, planes]) how far "reindex" moved the last token back, LM entry to here
 
 
 @dataclass
@@ -90,14 +168,14 @@ class Session:
     batch_size: int
     original_length: int  # prompt length as the caller sees it
     entry_mask: torch.Tensor  # (B, L1) 2-D mask of the sequence entering the LM
-    entry_shift: torch.Tensor  # (B, 1) real tokens removed before the LM (encoder stage)
+    entry_shift: torch.Tensor | None  # (B, 1) real tokens removed before the LM (encoder stage)
     report: PruningReport
     # Finishing the LM-entry layout waits for the vision encoder, which may run after
     # the model's pre-hook: ``entry_patches() -> (patch ids per segment, where)``; where:
     # the index of patch 0 in the original run (patch id + index = original column), or
     # one tensor of original columns per segment ("keep" positions), or None (no "keep").
     entry_patches: Callable[[], tuple[torch.Tensor, int]] | None = None
-    original_positions: torch.Tensor | None = None  # (B, L0) the caller's positions
+    original_positions: torch.Tensor | None = None  # (B, L0[, planes]) the caller's positions
     original_starts: tuple[int, ...] = ()  # each segment's start before the encoder stage
     layout: Layout | None = None
     stages: dict[int, StageState] = field(default_factory=dict)
@@ -106,7 +184,8 @@ class Session:
     masks: dict = field(default_factory=dict)  # layer type -> 4-D mask for the current stage
     decoding: bool = False
     tail_mask: torch.Tensor | None = None  # (B, t) mask columns after the prompt
-    decode_positions: torch.Tensor | None = None  # (B, q) LM-entry positions in decode
+    decode_positions: torch.Tensor | None = None  # (B, q[, planes]) LM-entry positions in decode
+    entry_last: torch.Tensor | None = None  # (B, 1[, planes]) the last real token's position at LM entry
     cache_length: int = 0  # what layer 0's cache should hold
     cache: weakref.ref | None = None  # the cache object the prefill filled
     groups: list[SegmentGroup] = field(default_factory=list)
@@ -116,12 +195,15 @@ class Session:
 class DecoderPruner:
     """LLM-side stages of one method on one decoder stack (``LlamaModel``-like:
     ``layers``, ``rotary_emb``, ``config``; layers with ``input_layernorm`` and
-    ``self_attn.{q,k}_proj``)."""
+    ``self_attn.{q,k}_proj``). ``position_rule``: :class:`MultimodalPositionRule` for
+    mRoPE stacks; positions handed in are then ``(B, L, 3)``."""
 
-    def __init__(self, language_model: nn.Module, method: PruningMethod, schedule: Schedule, positions: str):
+    def __init__(self, language_model: nn.Module, method: PruningMethod, schedule: Schedule, positions: str,
+                 position_rule: PositionRule | None = None):
         self.lm = language_model
         self.method = method
         self.positions = positions
+        self.rule = position_rule or PositionRule()
         self.stage_specs = dict(zip(schedule.layers or (), schedule.llm))
         self.score_offset = method.score_layer_offset
         self.wants_entry = type(method).prepare_llm is not PruningMethod.prepare_llm
@@ -145,7 +227,7 @@ class DecoderPruner:
         of another size or modality than the one the schedule was planned for."""
         origins = torch.arange(session.entry_mask.shape[1], device=entry_positions.device)
         session.layout = Layout(session.entry_mask, entry_positions, tuple(segments), tuple(images),
-                                [], origins.expand_as(entry_positions))
+                                [], origins.expand(entry_positions.shape[0], -1))
         default = tuple(self.stage_specs.values())
         groups: dict[tuple, list[int]] = {}
         for index, segment in enumerate(segments):
@@ -160,10 +242,15 @@ class DecoderPruner:
         patches, offset = session.entry_patches()
         layout.patches = list(patches)
         session.report.output_mask = layout.mask
+        if self.positions == "keep" or self.rule.reindex_from_kept:
+            self._place_original_positions(session, offset)
         if self.positions == "reindex":
-            layout.positions = reindexed_positions(layout.mask)
-            return
-        # "keep": a visual token takes the original position of its patch.
+            layout.positions = self.rule.reindexed(layout.mask, layout.segments, layout.positions)
+        session.entry_last = last_token_positions(layout.positions, layout.mask)
+
+    def _place_original_positions(self, session: Session, offset) -> None:
+        """A visual token takes the original position of its patch."""
+        layout = session.layout
         original = session.original_positions
         for i, (segment, patch_row, original_start) in enumerate(
                 zip(layout.segments, layout.patches, session.original_starts)):
@@ -172,15 +259,16 @@ class DecoderPruner:
             span = slice(segment.start, segment.start + segment.length)
             layout.positions[segment.row, span] = original[segment.row, source]
 
+    @machinery
     def _lm_pre_hook(self, module, args, kwargs):
         session = self.session
         if session is None:
             return None
         if session.decoding:
-            kwargs["position_ids"] = session.decode_positions
+            kwargs["position_ids"] = self.rule.rope_ids(session.decode_positions)
             return args, kwargs
         self._finish_entry(session)
-        kwargs["position_ids"] = session.layout.positions
+        kwargs["position_ids"] = self.rule.rope_ids(session.layout.positions)
         return args, kwargs
 
     def _lm_post_hook(self, module, args, output):
@@ -213,6 +301,7 @@ class DecoderPruner:
 
         return hook
 
+    @machinery
     def _prefill_layer(self, index: int, layer: nn.Module, args, kwargs):
         session = self.session
         hidden = args[0] if args else kwargs["hidden_states"]
@@ -278,7 +367,6 @@ class DecoderPruner:
     def _prune(self, index: int, layer: nn.Module, hidden: torch.Tensor, kwargs) -> torch.Tensor:
         session, layout = self.session, self.session.layout
         batch, length, _ = hidden.shape
-        device = hidden.device
         if self.score_offset == -1:
             score_layer, score_hidden, cos_sin = session.score_input
         else:
@@ -312,11 +400,12 @@ class DecoderPruner:
         new_hidden = plan.gather(source, hidden, tokens)
         ones = [layout.mask.new_ones(s.contextual) for s in specs]
         new_mask = plan.gather(source, layout.mask, ones, fill=0)
-        if self.positions == "keep":
+        new_positions = None
+        if self.positions == "keep" or self.rule.reindex_from_kept:
             target_positions = [layout.positions[seg.row, cols] for seg, cols in zip(layout.segments, target_columns)]
             new_positions = plan.gather(source, layout.positions, target_positions, fill=0)
-        else:
-            new_positions = reindexed_positions(new_mask)
+        if self.positions == "reindex":
+            new_positions = self.rule.reindexed(new_mask, plan.new_segments, new_positions)
         new_patches = [torch.cat([patches.gather(0, d), patches.gather(0, t)])
                        for patches, d, t in zip(layout.patches, dominant, targets)]
 
@@ -328,10 +417,8 @@ class DecoderPruner:
                 merged_into=merged_into[i], input_patches=layout.patches[i], output_patches=new_patches[i]))
         session.report.stages.append(record)
 
-        previous_shift = session.stages[max(session.stages)].shift if session.stages else torch.zeros(
-            batch, 1, dtype=torch.long, device=device)
-        removed = torch.tensor(plan.removed_per_row, device=device)[:, None]
-        session.stages[index] = StageState(mask=new_mask, shift=previous_shift + removed)
+        shift = session.entry_last - last_token_positions(new_positions, new_mask)
+        session.stages[index] = StageState(mask=new_mask, shift=shift)
         no_origin = [layout.origins.new_full((s.contextual,), -1) for s in specs]
         new_origins = plan.gather(source, layout.origins, no_origin, fill=-1)
         session.layout = Layout(new_mask, new_positions, plan.new_segments, layout.images, new_patches, new_origins)
@@ -343,8 +430,8 @@ class DecoderPruner:
         """New positions and RoPE for this stage's layers; their masks are built per
         layer type on first use (:meth:`_apply_overrides`)."""
         session = self.session
-        session.overrides = {"position_embeddings": self.lm.rotary_emb(hidden, position_ids=positions),
-                             "position_ids": positions}
+        rotary = self.lm.rotary_emb(hidden, position_ids=self.rule.rope_ids(positions))
+        session.overrides = {"position_embeddings": rotary, "position_ids": self.rule.layer_ids(positions)}
         session.mask_source = (hidden, mask_2d, kwargs.get("past_key_values"))
         session.masks = {}
 

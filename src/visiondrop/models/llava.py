@@ -224,7 +224,8 @@ class LlavaAdapter(ModelAdapter):
         pruner = self.pruner
         pruner.session = None
         input_ids = kwargs.get("input_ids")
-        has_pixels = kwargs.get("pixel_values") is not None or bool(kwargs.get("mm_encoder_outputs"))
+        has_pixels = (kwargs.get("pixel_values") is not None or kwargs.get("pixel_values_images") is not None
+                      or bool(kwargs.get("mm_encoder_outputs")))
         if input_ids is None:
             if has_pixels:
                 raise ValueError("input_ids: visiondrop locates image tokens from input_ids; "

@@ -50,6 +50,15 @@ from .llava import LlavaAdapter, _guard_generate
 MODALITIES = ("image", "video")
 
 
+def image_input_key() -> str:
+    """The keyword Video-LLaVA's forward takes images by: ``pixel_values`` from
+    transformers 5.23, ``pixel_values_images`` before."""
+    from transformers.models.video_llava.modeling_video_llava import VideoLlavaModel
+
+    return "pixel_values" if "pixel_values" in inspect.signature(VideoLlavaModel.forward).parameters \
+        else "pixel_values_images"
+
+
 def placeholder_runs(flags: torch.Tensor, unit: int, what: str) -> list[Segment]:
     """Runs of ``flags`` ``(B, L)`` cut into segments of ``unit`` tokens (one per image
     or video); a run that is not a multiple of ``unit`` is an error."""
