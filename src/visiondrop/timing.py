@@ -43,19 +43,21 @@ def machinery(function):
     def wrapper(*args, **kwargs):
         if not RECORDER.active:
             return function(*args, **kwargs)
-        if torch.cuda.is_available() and torch.cuda.is_initialized():
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
+        # the range names the hook in torch.profiler traces (scripts/profile_prefill.py)
+        with torch.profiler.record_function(f"visiondrop::{function.__qualname__}"):
+            if torch.cuda.is_available() and torch.cuda.is_initialized():
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                try:
+                    return function(*args, **kwargs)
+                finally:
+                    end.record()
+                    RECORDER.spans.append((start, end))
+            begin = time.perf_counter()
             try:
                 return function(*args, **kwargs)
             finally:
-                end.record()
-                RECORDER.spans.append((start, end))
-        begin = time.perf_counter()
-        try:
-            return function(*args, **kwargs)
-        finally:
-            RECORDER.spans.append((time.perf_counter() - begin) * 1e3)
+                RECORDER.spans.append((time.perf_counter() - begin) * 1e3)
     return wrapper
 
 

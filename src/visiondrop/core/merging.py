@@ -34,10 +34,12 @@ class ContextualMerge:
 
 def remaining_indices(num_tokens: int, dominant: torch.Tensor) -> torch.Tensor:
     """Indices not in ``dominant`` (``(S, D)``), ascending: ``(S, N - D)``."""
-    keep = torch.ones(dominant.shape[0], num_tokens, dtype=torch.bool, device=dominant.device)
-    keep.scatter_(1, dominant, False)
-    remaining = torch.arange(num_tokens, device=dominant.device).expand(dominant.shape[0], -1)
-    return remaining[keep].view(dominant.shape[0], num_tokens - dominant.shape[1])
+    is_dominant = torch.zeros(dominant.shape[0], num_tokens, dtype=torch.uint8, device=dominant.device)
+    is_dominant.scatter_(1, dominant, 1)
+    # A stable sort puts the others first, in ascending order; unlike boolean indexing
+    # it needs no device-to-host sync to size its output.
+    order = torch.sort(is_dominant, dim=1, stable=True).indices
+    return order[:, :num_tokens - dominant.shape[1]]
 
 
 def contextual_merge(

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
 
-from ..core.layout import Segment, plan_compaction
+from ..core.layout import Segment, host_to_device, plan_compaction
 from ..methods.base import DecoderStage, PruningMethod
 from ..report import PruningReport, SegmentRecord, StageRecord
 from ..schedule import Schedule, StageSpec
@@ -330,8 +330,8 @@ class DecoderPruner:
         batch, length, _ = hidden.shape
         device = hidden.device
         segments = [layout.segments[i] for i in group.indices]
-        rows = torch.tensor([s.row for s in segments], device=device)
-        starts = torch.tensor([s.start for s in segments], device=device)
+        rows = host_to_device(torch.tensor([s.row for s in segments]), device)
+        starts = host_to_device(torch.tensor([s.start for s in segments]), device)
         columns = starts[:, None] + torch.arange(segments[0].length, device=device)
         row_mask = layout.mask[rows].bool()
         visual = torch.zeros(batch, length, dtype=torch.bool, device=device)

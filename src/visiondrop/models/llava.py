@@ -21,7 +21,7 @@ import inspect
 
 import torch
 
-from ..core.layout import Segment, plan_compaction
+from ..core.layout import Segment, host_to_device, plan_compaction
 from ..methods.base import EncoderStage, ModelGeometry, PruningMethod
 from ..report import PruningReport, SegmentRecord, StageRecord
 from ..schedule import Schedule
@@ -273,7 +273,7 @@ class LlavaAdapter(ModelAdapter):
             batch_size=batch,
             original_length=length,
             entry_mask=entry_mask,
-            entry_shift=torch.tensor(plan.removed_per_row, device=device)[:, None],
+            entry_shift=host_to_device(torch.tensor(plan.removed_per_row), device)[:, None],
             report=self.report,
             entry_patches=lambda: self._entry_patches(llm_segments, device),
             original_positions=original_positions,
