@@ -5,6 +5,7 @@
 """
 
 import argparse
+import collections
 
 import torch
 from torch.profiler import ProfilerActivity, profile
@@ -37,7 +38,20 @@ def main():
         if event.key.startswith("visiondrop::"):
             print(f"  {event.key:60s} calls {event.count:3d}  cuda {event.device_time_total / 1e3:7.2f} ms  "
                   f"cpu {event.cpu_time_total / 1e3:7.2f} ms")
-    print(events.table(sort_by="self_device_time_total", row_limit=25, max_name_column_width=60))
+    inside = collections.Counter()
+    calls = collections.Counter()
+    for event in prof.events():
+        parent = event.cpu_parent
+        while parent is not None and not parent.name.startswith("visiondrop::"):
+            parent = parent.cpu_parent
+        if parent is not None and not event.name.startswith("visiondrop::"):
+            inside[event.name] += event.self_device_time_total
+            calls[event.name] += 1
+    print("\nops inside the machinery by their own device time (ms, calls):")
+    for name, time_us in inside.most_common(25):
+        print(f"  {time_us / 1e3:7.3f}  {calls[name]:5d}  {name}")
+    print(f"  total {sum(inside.values()) / 1e3:.2f} ms in {sum(calls.values())} ops")
+    print(events.table(sort_by="self_device_time_total", row_limit=15, max_name_column_width=60))
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 
@@ -138,33 +139,34 @@ def plan_compaction(
     removed = [sum(seg.length - dominant[i] - contextual[i] for i, seg in row) for row in by_row]
     new_length = seq_length - min(removed) if batch_size else seq_length
 
+    # numpy, not torch, for these small host-side arrays: a torch call costs microseconds
+    # of dispatch, and a batch of 32 images needs hundreds of them per stage.
     contextual_first = [batch_size * seq_length + sum(contextual[:i]) for i in range(num_segments)]
     fill = batch_size * seq_length + sum(contextual)
-    source = torch.full((batch_size, new_length), fill, dtype=torch.long)
-    slots: list[torch.Tensor] = [torch.empty(0, dtype=torch.long)] * num_segments
-    bases: list[torch.Tensor] = [torch.empty(0, dtype=torch.long)] * num_segments
+    source = np.full((batch_size, new_length), fill, dtype=np.int64)
+    slots: list[np.ndarray] = [np.empty(0, dtype=np.int64)] * num_segments
+    bases: list[np.ndarray] = [np.empty(0, dtype=np.int64)] * num_segments
     new_segments: list[Segment | None] = [None] * num_segments
     for row, row_segments in enumerate(by_row):
         row_length = seq_length - removed[row]
         cursor = new_length - row_length if pad_side == "left" else 0
         old = 0
         base = row * seq_length
-        pieces: list[torch.Tensor] = []
+        pieces: list[np.ndarray] = []
         for index, segment in row_segments:
             d, c = dominant[index], contextual[index]
-            pieces.append(torch.arange(base + old, base + segment.start))
+            pieces.append(np.arange(base + old, base + segment.start))
             cursor_at_segment = cursor + segment.start - old
-            pieces.append(torch.full((d,), -1, dtype=torch.long))
-            pieces.append(torch.arange(contextual_first[index], contextual_first[index] + c))
-            slots[index] = row * new_length + cursor_at_segment + torch.arange(d)
-            bases[index] = torch.full((d,), base + segment.start, dtype=torch.long)
+            pieces.append(np.full(d, -1, dtype=np.int64))
+            pieces.append(np.arange(contextual_first[index], contextual_first[index] + c))
+            slots[index] = row * new_length + cursor_at_segment + np.arange(d)
+            bases[index] = np.full(d, base + segment.start, dtype=np.int64)
             new_segments[index] = Segment(row, cursor_at_segment, d + c)
             cursor = cursor_at_segment + d + c
             old = segment.start + segment.length
-        pieces.append(torch.arange(base + old, base + seq_length))
-        row_source = torch.cat(pieces)
+        pieces.append(np.arange(base + old, base + seq_length))
         offset = new_length - row_length if pad_side == "left" else 0
-        source[row, offset : offset + row_length] = row_source
+        source[row, offset : offset + row_length] = np.concatenate(pieces)
     empty = torch.empty(0, dtype=torch.long)
     return CompactionPlan(
         batch_size=batch_size,
@@ -175,7 +177,7 @@ def plan_compaction(
         removed_per_row=tuple(removed),
         num_dominant=tuple(dominant),
         num_contextual=tuple(contextual),
-        source=source,
-        dominant_slots=torch.cat(slots) if slots else empty,
-        dominant_base=torch.cat(bases) if bases else empty,
+        source=torch.from_numpy(source),
+        dominant_slots=torch.from_numpy(np.concatenate(slots)) if slots else empty,
+        dominant_base=torch.from_numpy(np.concatenate(bases)) if bases else empty,
     )

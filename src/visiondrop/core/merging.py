@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .layout import host_to_device
+
 
 @dataclass
 class ContextualMerge:
@@ -68,11 +70,13 @@ def contextual_merge(
         return ContextualMerge(empty, remaining[:, :0], merged_into)
 
     step = max(1, num_remaining // num_contextual)
-    target_slots = torch.arange(0, step * num_contextual, step, device=hidden.device)
-    is_target = torch.zeros(num_remaining, dtype=torch.bool, device=hidden.device)
+    # Slots depend on counts only: built on the host, copied without a device sync.
+    target_slots = torch.arange(0, step * num_contextual, step)
+    is_target = torch.zeros(num_remaining, dtype=torch.bool)
     is_target[target_slots] = True
-    targets = remaining[:, target_slots]
-    candidates = remaining[:, ~is_target]
+    candidate_slots = torch.arange(num_remaining)[~is_target]
+    targets = remaining[:, host_to_device(target_slots, hidden.device)]
+    candidates = remaining[:, host_to_device(candidate_slots, hidden.device)]
 
     metric = torch.nn.functional.normalize(metric.float(), dim=-1)
     target_metric = metric.gather(1, targets[..., None].expand(-1, -1, metric.shape[-1]))

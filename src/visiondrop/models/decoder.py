@@ -183,6 +183,9 @@ class Session:
     mask_source: tuple | None = None  # (hidden, 2-D mask, cache) the stage's 4-D masks are built from
     masks: dict = field(default_factory=dict)  # layer type -> 4-D mask for the current stage
     decoding: bool = False
+    # The prefill's current 2-D mask has no padding, known on the host: masks are then
+    # built from None, which spares transformers' device-to-host check of the mask.
+    dense: bool = False
     tail_mask: torch.Tensor | None = None  # (B, t) mask columns after the prompt
     decode_positions: torch.Tensor | None = None  # (B, q[, planes]) LM-entry positions in decode
     entry_last: torch.Tensor | None = None  # (B, 1[, planes]) the last real token's position at LM entry
@@ -334,9 +337,10 @@ class DecoderPruner:
         starts = host_to_device(torch.tensor([s.start for s in segments]), device)
         columns = starts[:, None] + torch.arange(segments[0].length, device=device)
         row_mask = layout.mask[rows].bool()
-        visual = torch.zeros(batch, length, dtype=torch.bool, device=device)
+        visual = torch.zeros(batch, length, dtype=torch.bool)  # on the host: one copy, not a launch per image
         for segment in layout.segments:  # every image of the row, not only this group's
             visual[segment.row, segment.start:segment.start + segment.length] = True
+        visual = host_to_device(visual, device)
         last = (row_mask.long() * torch.arange(length, device=device)).argmax(dim=1)
         stage = DecoderStage(hidden=hidden[rows[:, None], columns], keys=None, key_mask=None,
                              visual_columns=columns, scaling=1.0, project_queries=None,
@@ -419,6 +423,7 @@ class DecoderPruner:
 
         shift = session.entry_last - last_token_positions(new_positions, new_mask)
         session.stages[index] = StageState(mask=new_mask, shift=shift)
+        session.dense = session.dense and len(set(plan.removed_per_row)) == 1  # no row got padding
         no_origin = [layout.origins.new_full((s.contextual,), -1) for s in specs]
         new_origins = plan.gather(source, layout.origins, no_origin, fill=-1)
         session.layout = Layout(new_mask, new_positions, plan.new_segments, layout.images, new_patches, new_origins)
@@ -432,7 +437,8 @@ class DecoderPruner:
         session = self.session
         rotary = self.lm.rotary_emb(hidden, position_ids=self.rule.rope_ids(positions))
         session.overrides = {"position_embeddings": rotary, "position_ids": self.rule.layer_ids(positions)}
-        session.mask_source = (hidden, mask_2d, kwargs.get("past_key_values"))
+        dense = session.dense and not session.decoding
+        session.mask_source = (hidden, None if dense else mask_2d, kwargs.get("past_key_values"))
         session.masks = {}
 
     def _apply_overrides(self, index: int, kwargs) -> None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import functools
 import inspect
 
+import numpy as np
 import torch
 
 from ..core.layout import Segment, host_to_device, plan_compaction
@@ -32,26 +33,23 @@ from .decoder import DecoderPruner, Session, reindexed_positions
 SUPPORTED_TOWERS = ("CLIPVisionModel", "SiglipVisionModel")
 
 
+def placeholder_runs(flags: torch.Tensor) -> list[tuple[int, int, int]]:
+    """``(row, start, end)`` of every run of True in ``flags`` ``(B, L)``, in order
+    (one host copy, then numpy: no per-token Python loop)."""
+    padded = np.pad(flags.cpu().numpy().astype(np.int8), ((0, 0), (1, 1)))
+    edges = np.diff(padded, axis=1)
+    starts, ends = np.nonzero(edges == 1), np.nonzero(edges == -1)
+    return [(int(row), int(start), int(end)) for row, start, end in zip(starts[0], starts[1], ends[1])]
+
+
 def find_segments(image_mask: torch.Tensor, tokens_per_image: int) -> list[Segment]:
     """Placeholder runs of ``image_mask`` ``(B, L)``, one :class:`Segment` per image."""
     segments = []
-    mask = image_mask.cpu()
-    for row in range(mask.shape[0]):
-        flags = mask[row].tolist()
-        col = 0
-        while col < len(flags):
-            if not flags[col]:
-                col += 1
-                continue
-            end = col
-            while end < len(flags) and flags[end]:
-                end += 1
-            run = end - col
-            if run % tokens_per_image:
-                raise ValueError(f"input_ids: row {row} has a run of {run} image tokens, not a multiple of the "
-                                 f"{tokens_per_image} tokens per image this model uses")
-            segments.extend(Segment(row, start, tokens_per_image) for start in range(col, end, tokens_per_image))
-            col = end
+    for row, col, end in placeholder_runs(image_mask):
+        if (end - col) % tokens_per_image:
+            raise ValueError(f"input_ids: row {row} has a run of {end - col} image tokens, not a multiple of the "
+                             f"{tokens_per_image} tokens per image this model uses")
+        segments.extend(Segment(row, start, tokens_per_image) for start in range(col, end, tokens_per_image))
     return segments
 
 
@@ -243,6 +241,8 @@ class LlavaAdapter(ModelAdapter):
 
         device = input_ids.device
         mask = kwargs.get("attention_mask")
+        # one check here, while the device queue is short, instead of one per stage
+        dense = mask is None or bool(mask.all())
         mask = torch.ones_like(input_ids) if mask is None else mask
         if mask.ndim != 2:
             raise ValueError("attention_mask: visiondrop needs the 2-D padding mask, not a prepared 4-D mask")
@@ -279,6 +279,7 @@ class LlavaAdapter(ModelAdapter):
             original_positions=original_positions,
             original_starts=tuple(s.start for s in segments),
             cache_length=plan.new_length,
+            dense=dense and len(set(plan.removed_per_row)) == 1,
         )
         pruner.start_prefill(session, llm_segments, range(len(segments)), entry_positions,
                              self._segment_stages(llm_segments))
