@@ -377,12 +377,16 @@ class DecoderPruner:
             cos_sin = session.overrides["position_embeddings"] if session.overrides else kwargs["position_embeddings"]
             score_layer, score_hidden = layer, hidden
         count = len(layout.segments)
+        # One group holding every segment in order (every image alike: the usual batch):
+        # the reduction's (S, ...) tensors go to the plan as they are. Otherwise, one
+        # entry per segment, as the groups differ in counts.
+        whole = len(session.groups) == 1 and session.groups[0].indices == tuple(range(count))
         specs: list[StageSpec] = [None] * count
-        dominant: list[torch.Tensor] = [None] * count
-        targets: list[torch.Tensor] = [None] * count
-        merged_into: list[torch.Tensor] = [None] * count
-        tokens: list[torch.Tensor] = [None] * count
-        target_columns: list[torch.Tensor] = [None] * count
+        dominant: list | torch.Tensor = [None] * count
+        targets: list | torch.Tensor = [None] * count
+        merged_into: list | torch.Tensor = [None] * count
+        tokens: list | torch.Tensor = [None] * count
+        target_columns: list | torch.Tensor = [None] * count
         for group in session.groups:
             spec = group.specs[index]
             stage = self._stage_view(group, score_layer, score_hidden, cos_sin, hidden)
@@ -390,6 +394,12 @@ class DecoderPruner:
             # What the method returned, not the spec: SparseVLM's recycled count follows
             # from how many tokens it pruned, which differs from a scaled spec's share.
             kept = StageSpec(reduction.dominant.shape[1], reduction.merge.tokens.shape[1])
+            if whole:
+                specs = [kept] * count
+                dominant, targets = reduction.dominant, reduction.merge.targets
+                merged_into, tokens = reduction.merge.merged_into, reduction.merge.tokens
+                target_columns = stage.visual_columns.gather(1, targets)
+                break
             for local, i in enumerate(group.indices):
                 specs[i] = kept
                 dominant[i] = reduction.dominant[local]
@@ -402,16 +412,31 @@ class DecoderPruner:
                                [s.contextual for s in specs])
         source = plan.resolve(dominant)
         new_hidden = plan.gather(source, hidden, tokens)
-        ones = [layout.mask.new_ones(s.contextual) for s in specs]
+        if whole:
+            contextual = specs[0].contextual
+            ones = layout.mask.new_ones(count, contextual)
+            no_origin = layout.origins.new_full((count, contextual), -1)
+        else:
+            ones = [layout.mask.new_ones(s.contextual) for s in specs]
+            no_origin = [layout.origins.new_full((s.contextual,), -1) for s in specs]
         new_mask = plan.gather(source, layout.mask, ones, fill=0)
         new_positions = None
         if self.positions == "keep" or self.rule.reindex_from_kept:
-            target_positions = [layout.positions[seg.row, cols] for seg, cols in zip(layout.segments, target_columns)]
+            if whole:
+                rows = host_to_device(torch.tensor([seg.row for seg in layout.segments]), hidden.device)
+                target_positions = layout.positions[rows[:, None], target_columns]
+            else:
+                target_positions = [layout.positions[seg.row, cols]
+                                    for seg, cols in zip(layout.segments, target_columns)]
             new_positions = plan.gather(source, layout.positions, target_positions, fill=0)
         if self.positions == "reindex":
             new_positions = self.rule.reindexed(new_mask, plan.new_segments, new_positions)
-        new_patches = [torch.cat([patches.gather(0, d), patches.gather(0, t)])
-                       for patches, d, t in zip(layout.patches, dominant, targets)]
+        if whole:
+            patches = torch.stack(layout.patches)
+            new_patches = list(torch.cat([patches.gather(1, dominant), patches.gather(1, targets)], 1).unbind(0))
+        else:
+            new_patches = [torch.cat([patches.gather(0, d), patches.gather(0, t)])
+                           for patches, d, t in zip(layout.patches, dominant, targets)]
 
         record = StageRecord("llm", index, max(s.length for s in layout.segments),
                              max(s.dominant for s in specs), max(s.contextual for s in specs))
@@ -424,7 +449,6 @@ class DecoderPruner:
         shift = session.entry_last - last_token_positions(new_positions, new_mask)
         session.stages[index] = StageState(mask=new_mask, shift=shift)
         session.dense = session.dense and len(set(plan.removed_per_row)) == 1  # no row got padding
-        no_origin = [layout.origins.new_full((s.contextual,), -1) for s in specs]
         new_origins = plan.gather(source, layout.origins, no_origin, fill=-1)
         session.layout = Layout(new_mask, new_positions, plan.new_segments, layout.images, new_patches, new_origins)
         session.report.output_mask = new_mask
