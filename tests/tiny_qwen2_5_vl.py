@@ -11,6 +11,8 @@ from __future__ import annotations
 import torch
 from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
+from visiondrop.testing import padded_batch
+
 PAD, VSTART, VEND, IMG, VID = 0, 120, 121, 122, 123
 EOS = 3
 VOCAB = 128
@@ -64,14 +66,9 @@ def qwen_batch(rows: list[list[tuple[str, tuple[int, int, int]]]], prefix: list[
             grids[kind].append(grid)
             pixels[kind].append(torch.randn(grid[0] * grid[1] * grid[2], 3 * 2 * 14 * 14, generator=generator))
         sequences.append(sequence + text(suffix))
-    width = max(map(len, sequences))
-    input_ids = torch.full((len(sequences), width), PAD)
-    attention_mask = torch.zeros(len(sequences), width, dtype=torch.long)
-    for i, sequence in enumerate(sequences):
-        input_ids[i, width - len(sequence):] = torch.tensor(sequence)
-        attention_mask[i, width - len(sequence):] = 1
-    batch = {"input_ids": input_ids, "attention_mask": attention_mask,
-             "mm_token_type_ids": (input_ids == IMG).long() + 2 * (input_ids == VID).long()}
+    batch = padded_batch(sequences, pad_id=PAD)
+    input_ids = batch["input_ids"]
+    batch["mm_token_type_ids"] = (input_ids == IMG).long() + 2 * (input_ids == VID).long()
     if grids["image"]:
         batch["pixel_values"] = torch.cat(pixels["image"])
         batch["image_grid_thw"] = torch.tensor(grids["image"])

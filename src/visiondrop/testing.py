@@ -17,6 +17,19 @@ PAD_TOKEN_ID = 0
 VOCAB_SIZE = 256
 
 
+def padded_batch(rows: list[list[int]], padding_side: str = "left", pad_id: int = PAD_TOKEN_ID
+                 ) -> dict[str, torch.Tensor]:
+    """``input_ids`` and ``attention_mask`` of token ``rows`` padded to one length."""
+    width = max(map(len, rows))
+    input_ids = torch.full((len(rows), width), pad_id)
+    attention_mask = torch.zeros(len(rows), width, dtype=torch.long)
+    for i, row in enumerate(rows):
+        span = slice(width - len(row), width) if padding_side == "left" else slice(0, len(row))
+        input_ids[i, span] = torch.tensor(row)
+        attention_mask[i, span] = 1
+    return {"input_ids": input_ids, "attention_mask": attention_mask}
+
+
 def tiny_llava_config(num_layers: int = 8, attn_implementation: str = "sdpa", vision_tower: str = "clip",
                       image_size: int = 336, patch_size: int = 14) -> LlavaConfig:
     if vision_tower == "clip":
@@ -77,16 +90,9 @@ def image_prompt(model, text_lengths: list[int], images_per_row: list[int] | Non
         prefix = torch.randint(1, 200, (3,), generator=generator).tolist()
         suffix = torch.randint(1, 200, (length,), generator=generator).tolist()
         rows.append(prefix + [IMAGE_TOKEN_ID] * (tokens_per_image * n_images) + suffix)
-    width = max(map(len, rows))
-    input_ids = torch.full((len(rows), width), PAD_TOKEN_ID)
-    attention_mask = torch.zeros(len(rows), width, dtype=torch.long)
-    for i, row in enumerate(rows):
-        span = slice(width - len(row), width) if padding_side == "left" else slice(0, len(row))
-        input_ids[i, span] = torch.tensor(row)
-        attention_mask[i, span] = 1
+    out = padded_batch(rows, padding_side)
     vision = model.config.vision_config
     pixel_values = torch.randn(sum(images_per_row), 3, vision.image_size, vision.image_size, generator=generator)
-    out = {"input_ids": input_ids, "attention_mask": attention_mask}
     if sum(images_per_row):
         out["pixel_values"] = pixel_values
     return out
@@ -171,13 +177,7 @@ def llava_next_prompt(model, text_lengths: list[int], sizes: list[list[tuple[int
             row += torch.randint(1, 200, (2,), generator=generator).tolist()
             all_sizes.append(size)
         rows.append(row + torch.randint(1, 200, (length,), generator=generator).tolist())
-    width = max(map(len, rows))
-    input_ids = torch.full((len(rows), width), PAD_TOKEN_ID)
-    attention_mask = torch.zeros(len(rows), width, dtype=torch.long)
-    for i, row in enumerate(rows):
-        input_ids[i, width - len(row):] = torch.tensor(row)
-        attention_mask[i, width - len(row):] = 1
-    out = {"input_ids": input_ids, "attention_mask": attention_mask}
+    out = padded_batch(rows)
     if all_sizes:
         config = model.config
         crop = config.vision_config.image_size
@@ -260,14 +260,7 @@ def video_llava_prompt(model, text_lengths: list[int], media: list[list[str]], s
             row += [token[item]] * per_item[item] + torch.randint(1, 200, (2,), generator=generator).tolist()
             counts[item] += 1
         rows.append(row + torch.randint(1, 200, (length,), generator=generator).tolist())
-    width = max(map(len, rows))
-    input_ids = torch.full((len(rows), width), PAD_TOKEN_ID)
-    attention_mask = torch.zeros(len(rows), width, dtype=torch.long)
-    for i, row in enumerate(rows):
-        span = slice(width - len(row), width) if padding_side == "left" else slice(0, len(row))
-        input_ids[i, span] = torch.tensor(row)
-        attention_mask[i, span] = 1
-    out = {"input_ids": input_ids, "attention_mask": attention_mask}
+    out = padded_batch(rows, padding_side)
     side = vision.image_size
     if counts["image"]:
         out[video_llava_image_key()] = torch.randn(counts["image"], 3, side, side, generator=generator)
@@ -371,13 +364,7 @@ def llava_onevision_prompt(model, text_lengths: list[int], media: list[list], fr
                 crops.append(1 if multi else image_size_to_num_patches(list(item), config.image_grid_pinpoints, crop))
             row += torch.randint(1, 200, (2,), generator=generator).tolist()
         rows.append(row + torch.randint(1, 200, (length,), generator=generator).tolist())
-    width = max(map(len, rows))
-    input_ids = torch.full((len(rows), width), PAD_TOKEN_ID)
-    attention_mask = torch.zeros(len(rows), width, dtype=torch.long)
-    for i, row in enumerate(rows):
-        input_ids[i, width - len(row):] = torch.tensor(row)
-        attention_mask[i, width - len(row):] = 1
-    out = {"input_ids": input_ids, "attention_mask": attention_mask}
+    out = padded_batch(rows)
     if sizes:
         out["pixel_values"] = torch.randn(len(sizes), max(crops), 3, crop, crop, generator=generator)
         out["image_sizes"] = torch.tensor(sizes)

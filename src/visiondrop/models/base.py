@@ -14,6 +14,7 @@ from torch import nn
 from ..methods.base import ModelGeometry, PruningMethod, check_budget
 from ..report import PruningReport
 from ..schedule import Schedule
+from ..timing import machinery
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,30 @@ class ModelAdapter(ABC):
 
     def reset(self) -> None:  # noqa: B027  (optional override)
         """Forget any in-flight state (called on remove)."""
+
+
+class ForwardHooks:
+    """The two pre-hooks an adapter puts on ``model.model`` (the class that scatters the
+    visual features into the LM input): refuse ``labels``, and send each call to the
+    adapter's ``_prefill`` or ``_decode_step`` (a non-empty cache is a decode step)."""
+
+    _forward_params: list[str]  # model.model.forward's parameter names, to bind positional args
+
+    def _reject_labels(self, module, args, kwargs):
+        if kwargs.get("labels") is not None:
+            raise ValueError("labels: a pruned forward returns fewer logits than input positions; compute the "
+                             "loss yourself from handle.report, or remove the handle")
+        return None
+
+    @machinery
+    def _model_pre_hook(self, module, args, kwargs):
+        if args:  # bind positional arguments so they can be rewritten
+            kwargs.update(zip(self._forward_params, args))
+            args = ()
+        cache = kwargs.get("past_key_values")
+        if cache is not None and cache.get_seq_length() > 0:
+            return self._decode_step(kwargs, cache)
+        return self._prefill(kwargs, cache)
 
 
 def plan_per_unit(method: PruningMethod, unit: ModelGeometry, units: int, what: str = "crops"

@@ -27,7 +27,7 @@ from ..methods.base import EncoderStage, ModelGeometry, PruningMethod
 from ..report import PruningReport, SegmentRecord, StageRecord
 from ..schedule import Schedule
 from ..timing import machinery
-from .base import ImageCounts, ModelAdapter
+from .base import ForwardHooks, ImageCounts, ModelAdapter
 from .decoder import DecoderPruner, Session, reindexed_positions
 
 SUPPORTED_TOWERS = ("CLIPVisionModel", "SiglipVisionModel")
@@ -84,7 +84,7 @@ def _guard_generate(model) -> _InstanceAttribute:
     return _InstanceAttribute(model, "generate", generate)
 
 
-class LlavaAdapter(ModelAdapter):
+class LlavaAdapter(ForwardHooks, ModelAdapter):
     model_classes = ("LlavaForConditionalGeneration",)
 
     def __init__(self, model) -> None:
@@ -202,22 +202,6 @@ class LlavaAdapter(ModelAdapter):
         return (reduced.to(features.dtype),)
 
     # ----------------------------------------------------------------- model
-    def _reject_labels(self, module, args, kwargs):
-        if kwargs.get("labels") is not None:
-            raise ValueError("labels: a pruned forward returns fewer logits than input positions; compute the "
-                             "loss yourself from handle.report, or remove the handle")
-        return None
-
-    @machinery
-    def _model_pre_hook(self, module, args, kwargs):
-        if args:  # bind positional arguments so they can be rewritten
-            kwargs.update(zip(self._forward_params, args))
-            args = ()
-        cache = kwargs.get("past_key_values")
-        if cache is not None and cache.get_seq_length() > 0:
-            return self._decode_step(kwargs, cache)
-        return self._prefill(kwargs, cache)
-
     def _prefill(self, kwargs, cache):
         pruner = self.pruner
         pruner.session = None

@@ -79,7 +79,7 @@ from ..core.scoring import attention_probs
 from ..methods.base import EncoderStage, ModelGeometry, PruningMethod, Reduction
 from ..report import PruningReport, SegmentRecord, StageRecord
 from ..schedule import Schedule, StageSpec
-from .base import ModelAdapter
+from .base import ForwardHooks, ModelAdapter
 from .decoder import DecoderPruner, MultimodalPositionRule, Session, last_token_positions
 from .llava import _guard_generate, _InstanceAttribute
 
@@ -124,7 +124,7 @@ def token_major(positions: torch.Tensor) -> torch.Tensor:
     return positions[-3:].permute(1, 2, 0)
 
 
-class Qwen2_5_VLAdapter(ModelAdapter):
+class Qwen2_5_VLAdapter(ForwardHooks, ModelAdapter):
     model_classes = ("Qwen2_5_VLForConditionalGeneration",)
 
     def __init__(self, model) -> None:
@@ -281,21 +281,6 @@ class Qwen2_5_VLAdapter(ModelAdapter):
         self._reductions[modality] = list(zip(sizes, reductions))
 
     # ------------------------------------------------------------------ model
-    def _reject_labels(self, module, args, kwargs):
-        if kwargs.get("labels") is not None:
-            raise ValueError("labels: a pruned forward returns fewer logits than input positions; compute the "
-                             "loss yourself from handle.report, or remove the handle")
-        return None
-
-    def _model_pre_hook(self, module, args, kwargs):
-        if args:  # bind positional arguments so they can be rewritten
-            kwargs.update(zip(self._forward_params, args))
-            args = ()
-        cache = kwargs.get("past_key_values")
-        if cache is not None and cache.get_seq_length() > 0:
-            return self._decode_step(kwargs, cache)
-        return self._prefill(kwargs, cache)
-
     def _prefill(self, kwargs, cache):
         pruner = self.pruner
         pruner.session = None
