@@ -9,6 +9,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import ClassVar
 
+import torch
 from torch import nn
 
 from ..methods.base import ModelGeometry, PruningMethod, check_budget
@@ -87,6 +88,32 @@ class ForwardHooks:
         if cache is not None and cache.get_seq_length() > 0:
             return self._decode_step(kwargs, cache)
         return self._prefill(kwargs, cache)
+
+    def _decode_tail(self, kwargs, cache, media_token_ids, what: str):
+        """The checks every decode step after a pruned prefill makes. Returns None when
+        nothing was pruned, else ``(session, query, generated, tail)``: the new tokens'
+        count, the tokens generated so far and the 2-D mask columns after the prompt."""
+        pruner = self.pruner
+        session = pruner.session
+        if session is None and not pruner.was_pruned(cache):
+            return None  # a prompt without images: nothing was pruned
+        if not pruner.continues(cache):
+            raise RuntimeError("past_key_values: this cache does not continue the last pruned prefill; "
+                               "decode a pruned prompt right after its own prefill")
+        input_ids = kwargs.get("input_ids")
+        batch, query = (input_ids if input_ids is not None else kwargs.get("inputs_embeds")).shape[:2]
+        if input_ids is not None and any(bool((input_ids == token).any()) for token in media_token_ids):
+            raise ValueError(f"input_ids: {what} tokens after a pruned prefill are not supported")
+        mask = kwargs.get("attention_mask")
+        generated = session.cache_length - session.entry_mask.shape[1] + query
+        if mask is None:
+            tail = torch.ones(batch, generated, dtype=session.entry_mask.dtype, device=session.entry_mask.device)
+        elif mask.shape[1] != session.original_length + generated:
+            raise ValueError(f"attention_mask: expected {session.original_length + generated} columns "
+                             f"(the prompt as given plus generated tokens), got {mask.shape[1]}")
+        else:
+            tail = mask[:, session.original_length:]
+        return session, query, generated, tail
 
 
 def plan_per_unit(method: PruningMethod, unit: ModelGeometry, units: int, what: str = "crops"

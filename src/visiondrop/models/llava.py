@@ -308,29 +308,13 @@ class LlavaAdapter(ForwardHooks, ModelAdapter):
         return out_patches.to(device), self.patch_offset
 
     def _decode_step(self, kwargs, cache):
+        checked = self._decode_tail(kwargs, cache, (self.image_token_id,), "image")
+        if checked is None:
+            return (), kwargs
+        session, query, generated, tail = checked
         pruner = self.pruner
-        session = pruner.session
-        if session is None and not pruner.was_pruned(cache):
-            return (), kwargs  # a prompt without images: nothing was pruned
-        if not pruner.continues(cache):
-            raise RuntimeError("past_key_values: this cache does not continue the last pruned prefill; "
-                               "decode a pruned prompt right after its own prefill")
-        input_ids = kwargs.get("input_ids")
-        embeds = kwargs.get("inputs_embeds")
-        batch, query = (input_ids if input_ids is not None else embeds).shape[:2]
-        if input_ids is not None and bool((input_ids == self.image_token_id).any()):
-            raise ValueError("input_ids: image tokens after a pruned prefill are not supported")
         mask = kwargs.get("attention_mask")
-        generated = session.cache_length - session.entry_mask.shape[1] + query
-        if mask is None:
-            tail = torch.ones(batch, generated, dtype=session.entry_mask.dtype, device=session.entry_mask.device)
-            full_positions = None
-        else:
-            if mask.shape[1] != session.original_length + generated:
-                raise ValueError(f"attention_mask: expected {session.original_length + generated} columns "
-                                 f"(the prompt as given plus generated tokens), got {mask.shape[1]}")
-            tail = mask[:, session.original_length:]
-            full_positions = reindexed_positions(mask)[:, -query:]
+        full_positions = None if mask is None else reindexed_positions(mask)[:, -query:]
         positions = kwargs.get("position_ids")
         if positions is None:
             if full_positions is None:

@@ -392,27 +392,11 @@ class Qwen2_5_VLAdapter(ForwardHooks, ModelAdapter):
         return patches, patches
 
     def _decode_step(self, kwargs, cache):
+        checked = self._decode_tail(kwargs, cache, self.token_ids.values(), "image or video")
+        if checked is None:
+            return (), kwargs
+        session, query, generated, tail = checked
         pruner = self.pruner
-        session = pruner.session
-        if session is None and not pruner.was_pruned(cache):
-            return (), kwargs  # a prompt without images: nothing was pruned
-        if not pruner.continues(cache):
-            raise RuntimeError("past_key_values: this cache does not continue the last pruned prefill; "
-                               "decode a pruned prompt right after its own prefill")
-        input_ids = kwargs.get("input_ids")
-        embeds = kwargs.get("inputs_embeds")
-        batch, query = (input_ids if input_ids is not None else embeds).shape[:2]
-        if input_ids is not None and any(bool((input_ids == t).any()) for t in self.token_ids.values()):
-            raise ValueError("input_ids: image or video tokens after a pruned prefill are not supported")
-        mask = kwargs.get("attention_mask")
-        generated = session.cache_length - session.entry_mask.shape[1] + query
-        if mask is None:
-            tail = torch.ones(batch, generated, dtype=session.entry_mask.dtype, device=session.entry_mask.device)
-        elif mask.shape[1] != session.original_length + generated:
-            raise ValueError(f"attention_mask: expected {session.original_length + generated} columns "
-                             f"(the prompt as given plus generated tokens), got {mask.shape[1]}")
-        else:
-            tail = mask[:, session.original_length:]
         positions = kwargs.get("position_ids")
         if positions is None:  # continue from the prompt's last token, as generate() does
             steps = torch.arange(query, device=self._prompt_last.device)[None, :, None]
