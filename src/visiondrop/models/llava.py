@@ -42,14 +42,15 @@ def placeholder_runs(flags: torch.Tensor) -> list[tuple[int, int, int]]:
     return [(int(row), int(start), int(end)) for row, start, end in zip(starts[0], starts[1], ends[1])]
 
 
-def find_segments(image_mask: torch.Tensor, tokens_per_image: int) -> list[Segment]:
-    """Placeholder runs of ``image_mask`` ``(B, L)``, one :class:`Segment` per image."""
+def find_segments(flags: torch.Tensor, unit: int, what: str = "image") -> list[Segment]:
+    """The placeholder runs of ``flags`` ``(B, L)`` cut into segments of ``unit`` tokens
+    (one per image, or per video); a run that is not a multiple of ``unit`` is an error."""
     segments = []
-    for row, col, end in placeholder_runs(image_mask):
-        if (end - col) % tokens_per_image:
-            raise ValueError(f"input_ids: row {row} has a run of {end - col} image tokens, not a multiple of the "
-                             f"{tokens_per_image} tokens per image this model uses")
-        segments.extend(Segment(row, start, tokens_per_image) for start in range(col, end, tokens_per_image))
+    for row, col, end in placeholder_runs(flags):
+        if (end - col) % unit:
+            raise ValueError(f"input_ids: row {row} has a run of {end - col} {what} tokens, not a multiple of "
+                             f"the {unit} tokens per {what} this model uses")
+        segments.extend(Segment(row, start, unit) for start in range(col, end, unit))
     return segments
 
 

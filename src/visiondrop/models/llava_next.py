@@ -35,7 +35,7 @@ from ..report import SegmentRecord, StageRecord
 from ..schedule import Schedule, scale_stages
 from ..timing import machinery
 from .base import ImageCounts, plan_per_unit
-from .llava import LlavaAdapter, _InstanceAttribute
+from .llava import LlavaAdapter, _InstanceAttribute, placeholder_runs
 
 NEWLINE = -2
 
@@ -103,21 +103,8 @@ class LlavaNextAdapter(LlavaAdapter):
             return []
         sizes = self._image_sizes(kwargs)
         lengths = [len(self._packed_ids(size)) for size in sizes]
-        runs = []
-        for row in range(flags.shape[0]):
-            values = flags[row].tolist()
-            col = 0
-            while col < len(values):
-                if values[col]:
-                    end = col
-                    while end < len(values) and values[end]:
-                        end += 1
-                    runs.append((row, col, end))
-                    col = end
-                else:
-                    col += 1
         segments, image = [], 0
-        for row, start, end in runs:
+        for row, start, end in placeholder_runs(flags):
             while start < end:
                 if image >= len(lengths) or start + lengths[image] > end:
                     raise ValueError(f"input_ids: the image tokens in row {row} do not match image_sizes "

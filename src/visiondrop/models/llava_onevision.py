@@ -73,9 +73,8 @@ from ..core.layout import Segment
 from ..methods.base import PruningMethod
 from ..schedule import Schedule
 from .base import plan_per_unit
-from .llava import LlavaAdapter, _InstanceAttribute
+from .llava import LlavaAdapter, _InstanceAttribute, find_segments
 from .llava_next import NEWLINE, LlavaNextAdapter
-from .video_llava import placeholder_runs
 
 BLENDED = -3  # a token of a bilinearly downsized tile grid: a blend of several patches
 
@@ -225,7 +224,7 @@ class LlavaOnevisionAdapter(LlavaNextAdapter):
                              "tokens")
         key = VideoKey(frames)
         length = frames * self.pooled_per_frame + 1
-        return [(segment, key) for segment in placeholder_runs(flags, length, "video")]
+        return [(segment, key) for segment in find_segments(flags, length, "video")]
 
     # ------------------------------------------------ the release's crop layout
     def _pack_image_features(self, image_features, image_sizes, image_newline=None,

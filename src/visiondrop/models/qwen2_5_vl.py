@@ -81,7 +81,7 @@ from ..report import PruningReport, SegmentRecord, StageRecord
 from ..schedule import Schedule, StageSpec
 from .base import ForwardHooks, ModelAdapter
 from .decoder import DecoderPruner, MultimodalPositionRule, Session, last_token_positions
-from .llava import _guard_generate, _InstanceAttribute
+from .llava import _guard_generate, _InstanceAttribute, placeholder_runs
 
 MODALITIES = ("image", "video")
 REFUSED = {
@@ -104,15 +104,8 @@ def received_by_patch(queries: torch.Tensor, keys: torch.Tensor, scaling: float)
 
 def media_runs(input_ids: torch.Tensor, token_ids: dict[str, int]) -> list[tuple[Segment, str]]:
     """Each placeholder run of ``input_ids`` as ``(segment, modality)``, in row and column order."""
-    runs = []
-    for modality, token_id in token_ids.items():
-        flags = (input_ids == token_id).cpu()
-        edges = torch.diff(flags.long(), dim=1, prepend=torch.zeros_like(flags[:, :1].long()),
-                           append=torch.zeros_like(flags[:, :1].long()))
-        for row in range(flags.shape[0]):
-            starts = (edges[row] == 1).nonzero().squeeze(1).tolist()
-            ends = (edges[row] == -1).nonzero().squeeze(1).tolist()
-            runs += [(Segment(row, s, e - s), modality) for s, e in zip(starts, ends)]
+    runs = [(Segment(row, start, end - start), modality) for modality, token_id in token_ids.items()
+            for row, start, end in placeholder_runs(input_ids == token_id)]
     return sorted(runs, key=lambda run: (run[0].row, run[0].start))
 
 

@@ -45,7 +45,7 @@ from ..report import SegmentRecord, StageRecord
 from ..schedule import BudgetInfeasible, Schedule
 from .base import ModelAdapter, plan_per_unit
 from .decoder import DecoderPruner
-from .llava import LlavaAdapter, _guard_generate
+from .llava import LlavaAdapter, _guard_generate, find_segments
 
 MODALITIES = ("image", "video")
 
@@ -57,29 +57,6 @@ def image_input_key() -> str:
 
     return "pixel_values" if "pixel_values" in inspect.signature(VideoLlavaModel.forward).parameters \
         else "pixel_values_images"
-
-
-def placeholder_runs(flags: torch.Tensor, unit: int, what: str) -> list[Segment]:
-    """Runs of ``flags`` ``(B, L)`` cut into segments of ``unit`` tokens (one per image
-    or video); a run that is not a multiple of ``unit`` is an error."""
-    segments = []
-    mask = flags.cpu()
-    for row in range(mask.shape[0]):
-        values = mask[row].tolist()
-        col = 0
-        while col < len(values):
-            if not values[col]:
-                col += 1
-                continue
-            end = col
-            while end < len(values) and values[end]:
-                end += 1
-            if (end - col) % unit:
-                raise ValueError(f"input_ids: row {row} has a run of {end - col} {what} tokens, not a multiple of "
-                                 f"the {unit} tokens per {what} this model uses")
-            segments.extend(Segment(row, start, unit) for start in range(col, end, unit))
-            col = end
-    return segments
 
 
 class VideoLlavaAdapter(LlavaAdapter):
@@ -259,8 +236,8 @@ class VideoLlavaAdapter(LlavaAdapter):
     def _image_segments(self, input_ids: torch.Tensor, kwargs) -> list[Segment]:
         """Every image's and every video's placeholders, in sequence order; their
         modalities in :attr:`_modalities`."""
-        found = [(s, "image") for s in placeholder_runs(input_ids == self.image_token_id, self.llm_tokens, "image")]
-        found += [(s, "video") for s in placeholder_runs(input_ids == self.video_token_id, self.video_tokens,
+        found = [(s, "image") for s in find_segments(input_ids == self.image_token_id, self.llm_tokens, "image")]
+        found += [(s, "video") for s in find_segments(input_ids == self.video_token_id, self.video_tokens,
                                                           "video")]
         found.sort(key=lambda item: (item[0].row, item[0].start))
         self._modalities = [m for _, m in found]
