@@ -2,6 +2,7 @@
 # The committed benchmark runs (docs/benchmarks/): one model per call of the device tool.
 #   bash scripts/bench_gpu.sh llava-1.5-7b   # budget 64, batches 8 and 32
 #   bash scripts/bench_gpu.sh llava-next-7b  # budget 320, batch 8 (32 would not fit a KV cache in 80 GB)
+#   bash scripts/bench_gpu.sh llava-1.5-7b-graph  # captured prefills: batch-1 TTFT (visiondrop.capture)
 set -euo pipefail
 export PYTHONPATH=src PYTHONUNBUFFERED=1
 OUT=${OUT:-bench-results}
@@ -12,5 +13,9 @@ case "${1:-llava-1.5-7b}" in
   llava-next-7b)
     python3 -m visiondrop.cli bench --config llava-next-7b --budget 320 --throughput-batches 8 \
       --decode-batches 1,8 --repeats 8 --warmup 2 --out "$OUT" ;;
+  llava-1.5-7b-graph)
+    python3 scripts/capture_check.py || echo "capture_check: see the failures above"
+    python3 -m visiondrop.cli bench --config llava-1.5-7b --budget 64 --mode graph --repeats 30 --warmup 3 \
+      --out "$OUT" ;;
   *) echo "unknown model $1" >&2; exit 2 ;;
 esac

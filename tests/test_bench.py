@@ -106,3 +106,47 @@ def test_machinery_recorder_counts_marked_calls_only_while_measuring():
     assert len(timing.RECORDER.spans) == 3 and spent() >= 0
     marked(0)
     assert len(timing.RECORDER.spans) == 3  # off again
+
+
+# ---------------------------------------------------------------- captured prefills
+@pytest.fixture(scope="module")
+def captured_result():
+    from visiondrop.bench import captured
+
+    model = tiny_llava(num_layers=8, image_size=112)
+    config = latency.BenchConfig(model="tiny-llava", methods=("visiondrop", "fastv"), budget=24, **SMALL)
+    return captured.run_captured(config, model=model, progress=False)
+
+
+def test_captured_bench_has_every_variant_and_figure(captured_result):
+    figures = captured_result["figures"]
+    assert list(figures) == ["full", "full+graph", "visiondrop+graph", "fastv+graph", "ideal+graph"]
+    for name, by_key in figures.items():
+        assert set(by_key) == {"ttft_ms"}, name
+        assert len(by_key["ttft_ms"]["samples"]) == 2 and by_key["ttft_ms"]["median"] > 0
+    assert captured_result["graph"] is False  # CPU: the bookkeeping without graphs
+
+
+def test_captured_bench_checks_against_eager(captured_result):
+    checks = captured_result["checks"]
+    assert set(checks) == {"full+graph", "visiondrop+graph", "fastv+graph"}
+    for check in checks.values():  # on the CPU the frozen plans must reproduce eager exactly
+        assert check["max_abs_logit_diff"] < 1e-4 and check["same_greedy_tokens"] and check["logit_std"] > 0
+
+
+def test_captured_bench_outputs_written(captured_result, tmp_path):
+    from visiondrop.bench import captured
+
+    paths = captured.save(captured_result, tmp_path)
+    table = paths["md"].read_text()
+    assert "| visiondrop+graph |" in table and "vs full+graph" in table
+    assert json.loads(paths["json"].read_text())["checks"] == captured_result["checks"]
+    assert paths["png"].stat().st_size > 0
+
+
+def test_captured_bench_refuses_other_models():
+    from visiondrop.bench import captured
+
+    config = latency.BenchConfig(model="tiny-next", methods=("visiondrop",), budget=40, **SMALL)
+    with pytest.raises(ValueError, match="--config: captured prefills support LLaVA-1.5"):
+        captured.run_captured(config, model=tiny_llava_next(), progress=False)

@@ -2,6 +2,7 @@
 transformers. ``handle = visiondrop.apply(model, budget=64)``."""
 
 from .api import PruningHandle, apply, plan
+from .capture import CapturedPrefill, capture_prefill
 from .methods import available_methods, get_method, register_method
 from .models import supported_models
 from .report import PruningReport, SegmentRecord, StageRecord
@@ -11,6 +12,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BudgetInfeasible",
+    "CapturedPrefill",
     "PruningHandle",
     "PruningReport",
     "Schedule",
@@ -18,6 +20,7 @@ __all__ = [
     "StageRecord",
     "StageSpec",
     "apply",
+    "capture_prefill",
     "plan",
     "available_methods",
     "get_method",

@@ -69,6 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--dtype", choices=("bfloat16", "float16", "float32"), default="bfloat16")
     bench.add_argument("--attn", default="sdpa")
     bench.add_argument("--device", default=None, help="default: cuda if available")
+    bench.add_argument("--mode", choices=("eager", "graph", "both"), default="eager",
+                       help="eager: every figure, eager prefills; graph: batch-1 TTFT and prefill + N tokens "
+                            "with the prefill captured as a CUDA graph (LLaVA-1.5; visiondrop.capture)")
     bench.add_argument("--out", default="bench-results", help="output folder")
 
     commands.add_parser("methods", help="list the pruning methods")
@@ -232,15 +235,22 @@ def bench(args: argparse.Namespace) -> int:
     except (_BadArgument, ValueError) as error:
         print(f"visiondrop: {error}", file=sys.stderr)
         return 2
-    try:
-        result = latency.run_bench(config)
-    except ValueError as error:  # a budget a method cannot plan: raised before any timing
-        print(f"visiondrop: {error}", file=sys.stderr)
-        return 2
-    paths = latency.save(result, args.out)
-    print(latency.to_markdown(result))
-    for path in paths.values():
-        print(f"wrote {path}")
+    from .bench import captured
+
+    runs = {"eager": [latency], "graph": [captured], "both": [latency, captured]}[args.mode]
+    model = None
+    for tool in runs:
+        try:
+            if model is None:
+                model = latency.build_model(config.model, config.dtype, config.device, config.attn)
+            result = tool.run_captured(config, model) if tool is captured else tool.run_bench(config, model)
+        except ValueError as error:  # a budget a method cannot plan, a model graphs do not support
+            print(f"visiondrop: {error}", file=sys.stderr)
+            return 2
+        paths = tool.save(result, args.out)
+        print(tool.to_markdown(result))
+        for path in paths.values():
+            print(f"wrote {path}")
     return 0
 
 

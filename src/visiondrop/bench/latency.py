@@ -155,6 +155,7 @@ class IdealVariant(Variant):
 
     def __init__(self, budget: int) -> None:
         super().__init__("ideal", None, budget)
+        self._text_columns: dict = {}
 
     def _embeds(self, model, inputs):
         base = model.model
@@ -167,7 +168,12 @@ class IdealVariant(Variant):
         else:
             features = features.reshape(inputs["input_ids"].shape[0], -1, features.shape[-1])[:, : self.budget]
         ids = inputs["input_ids"]
-        text = ids[ids != image_token].view(ids.shape[0], -1)
+        # every row has the same layout (make_inputs): its text columns, found once on the
+        # host, keep the prefill free of syncs (and capturable as a CUDA graph)
+        key = (tuple(ids.shape), str(ids.device))
+        if key not in self._text_columns:
+            self._text_columns[key] = (ids[0] != image_token).nonzero().squeeze(1)
+        text = ids[:, self._text_columns[key]]
         half = (text.shape[1] + 1) // 2
         embed = base.get_input_embeddings()
         return torch.cat([embed(text[:, :half]), features.to(embed.weight.dtype), embed(text[:, half:])], dim=1)

@@ -16,16 +16,59 @@ tensor, whatever the batch size.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+_FROZEN: ContextVar[dict | None] = ContextVar("visiondrop_frozen_plans", default=None)
+
+
+@contextmanager
+def frozen_plans(store: dict):
+    """Inside this block the host's per-prefill work is done once and reused:
+    :func:`host_to_device` returns one device copy per distinct value and
+    :func:`remembered` returns what it computed the first time, both kept in ``store``.
+
+    For :class:`visiondrop.capture.CapturedPrefill`: a CUDA graph replays device work
+    only, so every prefill it stands for must have the same host-side plan, and the
+    capture itself may neither read device tensors on the host nor copy from host
+    memory that is freed after it."""
+    token = _FROZEN.set(store)
+    try:
+        yield store
+    finally:
+        _FROZEN.reset(token)
+
+
+def _capturing() -> bool:
+    return torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
+
+
+def remembered(key, compute):
+    """``compute()``, or under :func:`frozen_plans` its value from the first call."""
+    store = _FROZEN.get()
+    if store is None:
+        return compute()
+    if key not in store:
+        if _capturing():
+            raise RuntimeError(f"visiondrop: {key[0]} was not planned before the CUDA graph capture")
+        store[key] = compute()
+    return store[key]
+
 
 def host_to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
     """Copy a CPU tensor to ``device`` without making the host wait for the device: a
     plain copy from pageable memory synchronises the CUDA stream, which stalls the
-    pipelined prefill at every stage; a copy from pinned memory is asynchronous."""
+    pipelined prefill at every stage; a copy from pinned memory is asynchronous.
+    Under :func:`frozen_plans`: one device copy per distinct value, never written to
+    (callers clone before writing)."""
+    store = _FROZEN.get()
+    if store is not None:
+        key = ("constant", str(device), tensor.dtype, tuple(tensor.shape), tensor.numpy().tobytes())
+        return remembered(key, lambda: tensor.to(device))
     if torch.device(device).type != "cuda":
         return tensor.to(device)
     return tensor.pin_memory().to(device, non_blocking=True)

@@ -163,6 +163,9 @@ class PruningMethod(ABC):
     #: -1: LLM stages score with the attention of the layer *before* the pruning layer
     #: (FastV and SparseVLM prune a layer's output by that layer's own attention).
     score_layer_offset: ClassVar[int] = 0
+    #: every reduction's output shape follows from the schedule alone, so a prefill can be
+    #: captured as a CUDA graph (:mod:`visiondrop.capture`); False: it depends on the data
+    fixed_shapes: ClassVar[bool] = True
 
     def __init__(self, config) -> None:
         self.config = config

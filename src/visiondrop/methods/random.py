@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..core.layout import host_to_device
 from ..core.merging import contextual_merge
 from ..core.selection import select_dominant
 from ..schedule import Schedule, StageSpec
@@ -81,5 +82,5 @@ class RandomPruning(PruningMethod):
         generator = torch.Generator(device="cpu").manual_seed(self.config.seed)
         scores = torch.rand(num_tokens - offset, generator=generator)
         patches = select_dominant(scores[None], spec.dominant)[0] + offset
-        dominant = patches.to(stage.hidden.device).expand(num_images, -1).contiguous()
+        dominant = host_to_device(patches, stage.hidden.device).expand(num_images, -1).contiguous()
         return Reduction(dominant, contextual_merge(stage.hidden, stage.similarity_keys(), dominant, 0))

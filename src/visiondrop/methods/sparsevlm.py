@@ -68,6 +68,7 @@ class SparseVLM(PruningMethod):
     name = "sparsevlm"
     summary = "text-guided: attention of relevant text raters, prune after layers 2, 6, 15, recycle pruned tokens"
     Config = SparseVLMConfig
+    fixed_shapes = False  # how many raters a prompt has depends on its text (select_raters)
     score_layer_offset = -1
 
     def plan(self, geometry: ModelGeometry) -> Schedule:

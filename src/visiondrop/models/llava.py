@@ -22,7 +22,7 @@ import inspect
 import numpy as np
 import torch
 
-from ..core.layout import Segment, host_to_device, plan_compaction
+from ..core.layout import Segment, host_to_device, plan_compaction, remembered
 from ..methods.base import EncoderStage, ModelGeometry, PruningMethod
 from ..report import PruningReport, SegmentRecord, StageRecord
 from ..schedule import Schedule
@@ -214,7 +214,8 @@ class LlavaAdapter(ForwardHooks, ModelAdapter):
                 raise ValueError("input_ids: visiondrop locates image tokens from input_ids; "
                                  "passing inputs_embeds with images is not supported")
             return (), kwargs
-        segments = self._image_segments(input_ids, kwargs)
+        # a captured prefill (capture.py) replays one layout: found once, on the host
+        segments = remembered(("segments", id(self)), lambda: self._image_segments(input_ids, kwargs))
         batch, length = input_ids.shape
         self.report = PruningReport(batch, len(self.language_model.layers))
         if not segments:
@@ -250,7 +251,9 @@ class LlavaAdapter(ForwardHooks, ModelAdapter):
         entry_mask = plan.gather(source, mask, [mask.new_ones(e) for e in extra], fill=0)
         entry_positions = plan.gather(source, original_positions, [p.expand(e) for p, e in zip(last, extra)], fill=0)
         kwargs["input_ids"] = entry_ids
-        kwargs["attention_mask"] = entry_mask
+        dense = dense and len(set(plan.removed_per_row)) == 1
+        # None when no row is padded: spares transformers' device-to-host check of the mask
+        kwargs["attention_mask"] = None if dense else entry_mask
         kwargs.pop("position_ids", None)  # set at LM entry by the pruner
         llm_segments = self._llm_segments(plan.new_segments)
 
@@ -264,7 +267,7 @@ class LlavaAdapter(ForwardHooks, ModelAdapter):
             original_positions=original_positions,
             original_starts=tuple(s.start for s in segments),
             cache_length=plan.new_length,
-            dense=dense and len(set(plan.removed_per_row)) == 1,
+            dense=dense,
         )
         pruner.start_prefill(session, llm_segments, range(len(segments)), entry_positions,
                              self._segment_stages(llm_segments))
