@@ -1,4 +1,4 @@
-"""Command line: ``visiondrop generate``, ``methods``, ``demo``, ``fidelity``, ``flops`` and ``bench``."""
+"""Command line: ``visiondrop generate``, ``methods``, ``demo``, ``fidelity``, ``flops``, ``bench`` and ``eval``."""
 
 from __future__ import annotations
 
@@ -74,6 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
                             "with the prefill captured as a CUDA graph (LLaVA-1.5; visiondrop.capture)")
     bench.add_argument("--out", default="bench-results", help="output folder")
 
+    from .eval import command as eval_command
+
+    eval_command.add_parser(commands)
     commands.add_parser("methods", help="list the pruning methods")
     demo = commands.add_parser("demo", help="VisionDrop end to end on the shipped shapes-llava, on CPU")
     demo.add_argument("--scenes", type=int, default=4, help="held-out scenes to ask about, 6 questions each (1-16)")
@@ -370,6 +373,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "fidelity":
         return fidelity(args, argv)
+    if args.command == "eval":
+        from .eval import command as eval_command
+
+        return eval_command.main(args)
     return {"generate": generate, "methods": methods, "demo": demo, "flops": flops, "bench": bench}[args.command](args)
 
 

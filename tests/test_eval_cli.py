@@ -1,0 +1,96 @@
+"""`visiondrop eval` end to end on the POPE and MME fixtures (real file formats) with a tiny
+random LLaVA checkpoint on CPU: two shards, merge, score against the unpruned run."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from visiondrop.cli import main
+from visiondrop.eval import harness
+from visiondrop.testing import save_tiny_checkpoint
+
+FIXTURES = Path(__file__).parent / "fixtures" / "eval"
+
+
+@pytest.fixture(scope="module")
+def pope(tmp_path_factory):
+    """The POPE fixture with its deliberately missing image supplied."""
+    root = tmp_path_factory.mktemp("pope")
+    shutil.copytree(FIXTURES / "pope", root, dirs_exist_ok=True)
+    images = root / "val2014"
+    shutil.copy(images / "COCO_val2014_000000210789.jpg", images / "COCO_val2014_000000016631.jpg")
+    return ["--dataset", "pope", "--data", f"questions={root}", "--data", f"images={images}"]
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    path = tmp_path_factory.mktemp("tiny")
+    save_tiny_checkpoint(path)
+    return str(path)
+
+
+def _run(pope, checkpoint, out, *extra):
+    assert main(["eval", "run", *pope, "--model", checkpoint, "--out", str(out), *extra]) == 0
+
+
+def test_two_shards_merge_and_score_against_the_unpruned_run(pope, checkpoint, tmp_path, capsys):
+    for i in range(2):
+        _run(pope, checkpoint, tmp_path / f"vd{i}.jsonl", "--budget", "64", "--shard", f"{i}/2", "--batch-size", "2")
+    _run(pope, checkpoint, tmp_path / "full.jsonl", "--budget", "full")
+    assert main(["eval", "merge", str(tmp_path / "vd0.jsonl"), str(tmp_path / "vd1.jsonl"),
+                 "--out", str(tmp_path / "vd.jsonl")]) == 0
+    merged = harness.read_records(tmp_path / "vd.jsonl")
+    full = harness.read_records(tmp_path / "full.jsonl")
+    assert [r["id"] for r in merged] == [r["id"] for r in full] and len(merged) == 5
+    assert harness.read_meta(tmp_path / "vd.jsonl")["run"]["method"] == "visiondrop"
+    assert harness.read_meta(tmp_path / "full.jsonl")["run"]["method"] == "full"
+    assert merged[0]["prompt"].endswith("\nAnswer the question using a single word or phrase.")
+    capsys.readouterr()
+    assert main(["eval", "score", str(tmp_path / "vd.jsonl"), "--baseline", str(tmp_path / "full.jsonl"),
+                 "--json", str(tmp_path / "scores.json")]) == 0
+    table = capsys.readouterr().out
+    scores = json.loads((tmp_path / "scores.json").read_text())
+    assert scores["benchmarks"]["pope"]["metric"] == "f1" and "| pope | f1 |" in table
+    assert set(scores["benchmarks"]["pope"]["metrics"]["splits"]) == {"adversarial", "popular", "random"}
+    assert "**Avg.**" in table
+
+
+def test_mme_fixture_runs_and_scores(checkpoint, tmp_path):
+    out = tmp_path / "mme.jsonl"
+    assert main(["eval", "run", "--dataset", "mme", "--data",
+                 f"root={FIXTURES / 'mme' / 'MME_Benchmark_release_version'}", "--model", checkpoint,
+                 "--out", str(out), "--budget", "64"]) == 0
+    metrics = harness.score(out)
+    assert {"perception", "cognition", "total"} <= set(metrics)
+
+
+def test_bad_input_is_named_before_any_compute(pope, checkpoint, tmp_path, capsys):
+    cases = [
+        (["--dataset", "nope", "--data", "x=y"], "dataset"),
+        (["--dataset", "pope", "--data", f"questions={FIXTURES / 'pope'}"], "images"),
+        ([*pope, "--shard", "3/2"], "--shard"),
+        ([*pope, "--data", "oops"], "--data"),
+        ([*pope, "--budget", "many"], "--budget"),
+    ]
+    for args, name in cases:
+        code = main(["eval", "run", *args, "--model", checkpoint, "--out", str(tmp_path / "x.jsonl")])
+        assert code == 2, args
+        assert name in capsys.readouterr().err, args
+    assert not (tmp_path / "x.jsonl").exists()
+
+
+def test_shard_auto_reads_the_launchers_environment(pope, checkpoint, tmp_path, monkeypatch):
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    out = tmp_path / "p.{shard}.jsonl"
+    assert main(["eval", "run", *pope, "--model", checkpoint, "--out", str(out), "--shard", "auto",
+                 "--device", "cpu"]) == 0
+    records = harness.read_records(tmp_path / "p.1of2.jsonl")
+    assert [r["position"] for r in records] == [1, 3]
+    assert main(["eval", "run", *pope, "--model", checkpoint, "--out", str(tmp_path / "q.jsonl"),
+                 "--shard", "auto", "--device", "cpu"]) == 2
+    monkeypatch.delenv("RANK")
+    assert main(["eval", "run", *pope, "--model", checkpoint, "--out", str(out), "--shard", "auto"]) == 2
