@@ -16,6 +16,7 @@ from ..methods.base import ModelGeometry, PruningMethod, check_budget
 from ..report import PruningReport
 from ..schedule import Schedule
 from ..timing import machinery
+from .decoder import cache_argument
 
 
 @dataclass(frozen=True)
@@ -84,7 +85,7 @@ class ForwardHooks:
         if args:  # bind positional arguments so they can be rewritten
             kwargs.update(zip(self._forward_params, args))
             args = ()
-        cache = kwargs.get("past_key_values")
+        cache = cache_argument(kwargs)
         if cache is not None and cache.get_seq_length() > 0:
             return self._decode_step(kwargs, cache)
         return self._prefill(kwargs, cache)

@@ -20,6 +20,7 @@ difference between the last real token's position at LM entry and after each sta
 
 from __future__ import annotations
 
+import inspect
 import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -34,6 +35,16 @@ from ..methods.base import DecoderStage, PruningMethod
 from ..report import PruningReport, SegmentRecord, StageRecord
 from ..schedule import Schedule, StageSpec
 from ..timing import machinery
+
+# transformers 5.24 renamed ``past_key_values`` to ``cache`` in forwards, layers and the mask
+# builders (the old keyword still works there, with a warning); read and pass whichever this has.
+_MASK_CACHE_KEYWORD = "cache" if "cache" in inspect.signature(create_causal_mask).parameters else "past_key_values"
+
+
+def cache_argument(kwargs: dict):
+    """The cache a forward or layer call was given, under either name."""
+    cache = kwargs.get("cache")
+    return kwargs.get("past_key_values") if cache is None else cache
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -462,7 +473,7 @@ class DecoderPruner:
         rotary = self.lm.rotary_emb(hidden, position_ids=self.rule.rope_ids(positions))
         session.overrides = {"position_embeddings": rotary, "position_ids": self.rule.layer_ids(positions)}
         dense = session.dense and not session.decoding
-        session.mask_source = (hidden, None if dense else mask_2d, kwargs.get("past_key_values"))
+        session.mask_source = (hidden, None if dense else mask_2d, cache_argument(kwargs))
         session.masks = {}
 
     def _apply_overrides(self, index: int, kwargs) -> None:
@@ -480,7 +491,7 @@ class DecoderPruner:
             # position_ids=None: with gapped positions the mask builders would take the
             # batch for packed sequences. layer_idx: size against this layer's cache.
             session.masks[layer_type] = build(config=self.lm.config, inputs_embeds=hidden, attention_mask=mask_2d,
-                                              past_key_values=cache, position_ids=None, layer_idx=index)
+                                              position_ids=None, layer_idx=index, **{_MASK_CACHE_KEYWORD: cache})
         kwargs["attention_mask"] = session.masks[layer_type]
 
     # ----------------------------------------------------------------- decode
