@@ -84,3 +84,39 @@ def test_export_refuses_what_is_scored_locally_or_unfinished(tmp_path):
     (tmp_path / "v.jsonl.meta.json").write_text(json.dumps({**meta, "total": 2}))
     with pytest.raises(ValueError, match="incomplete \\(1 of 2"):
         export(partial, tmp_path / "x.json")
+
+
+# ------------------------------------------------ readers of fixture files -> scorers
+FIXTURES = __import__("pathlib").Path(__file__).parent / "fixtures" / "eval"
+
+
+def _records(name, predictions, **paths):
+    from visiondrop.eval.base import record
+    from visiondrop.eval.datasets import load_dataset
+
+    samples = list(load_dataset(name, **paths).samples())
+    return [record(s, predictions[s.id]) for s in samples]
+
+
+def test_mme_fixture_scored_by_hand():
+    from visiondrop.eval.scorers import score_mme
+
+    root = FIXTURES / "mme" / "MME_Benchmark_release_version"
+    answers = {"artwork/14777.jpg#0": "Yes", "artwork/14777.jpg#1": "Yes, it is.",  # one of two wrong
+               "code_reasoning/0020.png#0": "yes", "code_reasoning/0020.png#1": "No",
+               "existence/000000006040.jpg#0": "Yes", "existence/000000006040.jpg#1": "no.",
+               "position/000000472046.jpg#0": "Maybe", "position/000000472046.jpg#1": "No"}
+    out = score_mme(_records("mme", answers, root=str(root)))
+    # artwork 50 + 0; existence 100 + 100; position ("Maybe" is neither) 50 + 0; code_reasoning 200
+    assert out["subtasks"]["artwork"]["score"] == 50.0 and out["subtasks"]["position"]["score"] == 50.0
+    assert out["perception"] == 300.0 and out["cognition"] == 200.0 and out["total"] == 500.0
+
+
+def test_mmbench_fixture_circular_scored_by_hand():
+    from visiondrop.eval.scorers import score_mmbench
+
+    tsv = FIXTURES / "mmbench" / "mmbench_dev_20230712.tsv"
+    # question 241: both rotations right; question 9: its third rotation wrong -> 1 of 2 questions
+    answers = {"241": "B", "1000241": "The answer is A.", "9": "C", "1000009": "A. blue", "2000009": "A"}
+    out = score_mmbench(_records("mmbench", answers, questions=str(tsv)))
+    assert out["questions"] == 2 and out["accuracy"] == 50.0 and out["unparsed"] == 0
