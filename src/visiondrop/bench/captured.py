@@ -27,6 +27,7 @@ import torch
 
 from ..api import apply
 from ..capture import CapturedPrefill
+from . import latency
 from .latency import BenchConfig, Figure, IdealVariant, _timer, build_model, environment, make_inputs
 
 
@@ -159,14 +160,4 @@ def plot(result: dict, path) -> None:
 
 
 def save(result: dict, out) -> dict:
-    import json
-    from pathlib import Path
-
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    stem = f"captured-{result['config']['model'].replace('/', '_')}-b{result['config']['budget']}"
-    paths = {"json": out / f"{stem}.json", "md": out / f"{stem}.md", "png": out / f"{stem}.png"}
-    paths["json"].write_text(json.dumps(result, indent=1))
-    paths["md"].write_text(to_markdown(result) + "\n")
-    plot(result, paths["png"])
-    return paths
+    return latency.save(result, out, "captured", to_markdown, plot)

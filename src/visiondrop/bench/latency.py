@@ -441,15 +441,17 @@ def plot(result: dict, path) -> None:
     plt.close(fig)
 
 
-def save(result: dict, out) -> dict:
+def save(result: dict, out, prefix: str = "bench", markdown=None, picture=None) -> dict:
+    """``<prefix>-<model>-b<budget>.{json,md,png}`` in ``out``; ``markdown`` and ``picture``
+    default to this module's table and plot (``bench/captured.py`` passes its own)."""
     import json
     from pathlib import Path
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    stem = f"bench-{result['config']['model'].replace('/', '_')}-b{result['config']['budget']}"
+    stem = f"{prefix}-{result['config']['model'].replace('/', '_')}-b{result['config']['budget']}"
     paths = {"json": out / f"{stem}.json", "md": out / f"{stem}.md", "png": out / f"{stem}.png"}
     paths["json"].write_text(json.dumps(result, indent=1))
-    paths["md"].write_text(to_markdown(result) + "\n")
-    plot(result, paths["png"])
+    paths["md"].write_text((markdown or to_markdown)(result) + "\n")
+    (picture or plot)(result, paths["png"])
     return paths
