@@ -1,4 +1,5 @@
-"""Command line: ``visiondrop generate``, ``methods``, ``demo``, ``fidelity``, ``flops``, ``bench`` and ``eval``."""
+"""Command line: ``visiondrop generate``, ``methods``, ``demo``, ``fidelity``, ``flops``, ``bench``, ``eval``,
+``visualize``, ``bias`` and ``study``."""
 
 from __future__ import annotations
 
@@ -74,9 +75,15 @@ def build_parser() -> argparse.ArgumentParser:
                             "with the prefill captured as a CUDA graph (LLaVA-1.5; visiondrop.capture)")
     bench.add_argument("--out", default="bench-results", help="output folder")
 
+    from .analysis import bias as bias_command
+    from .analysis import study as study_command
+    from .analysis import visualize as visualize_command
     from .eval import command as eval_command
 
     eval_command.add_parser(commands)
+    visualize_command.add_parser(commands)
+    bias_command.add_parser(commands)
+    study_command.add_parser(commands)
     commands.add_parser("methods", help="list the pruning methods")
     demo = commands.add_parser("demo", help="VisionDrop end to end on the shipped shapes-llava, on CPU")
     demo.add_argument("--scenes", type=int, default=4, help="held-out scenes to ask about, 6 questions each (1-16)")
@@ -377,6 +384,11 @@ def main(argv: list[str] | None = None) -> int:
         from .eval import command as eval_command
 
         return eval_command.main(args)
+    if args.command in ("visualize", "bias", "study"):
+        from .analysis import bias, study, visualize
+
+        tool = {"visualize": visualize, "bias": bias, "study": study}[args.command]
+        return tool.main(args, argv) if tool is bias else tool.main(args)
     return {"generate": generate, "methods": methods, "demo": demo, "flops": flops, "bench": bench}[args.command](args)
 
 
