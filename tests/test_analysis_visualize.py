@@ -262,6 +262,9 @@ def test_bad_arguments_exit_2_before_any_compute(argv, parameter, shapes_images,
 
 
 def test_unknown_method_is_refused_before_the_model_loads(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(vz, "_load_model", lambda *a: (_ for _ in ()).throw(AssertionError("model loaded")))
+    def no_model(*args):
+        raise AssertionError("model loaded")
+
+    monkeypatch.setattr("visiondrop.inputs.load_model", no_model)
     assert _run(["--image", "x.png", "--prompt", "?", "--methods", "nosuch", "--out", str(tmp_path)]) == 2
     assert "--methods" in capsys.readouterr().err

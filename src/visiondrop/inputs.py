@@ -149,3 +149,28 @@ def load_processor(path: str, config):
         reason = str(error).strip().splitlines()[0]
         raise InputError("--model", f"this model's processor needs torchvision ({reason}); pip install torchvision"
                          ) from None
+
+
+def load_model(path: str | None, device: str, dtype="auto", attn: str = "sdpa"):
+    """``(model, processor)`` of ``--model``: a checkpoint folder or hub id, or the shipped
+    shapes-llava when ``path`` is None (float32 when ``dtype`` is "auto"). A model that
+    cannot be loaded is an :class:`InputError` naming ``--model``."""
+    import torch
+
+    if path is None:
+        from .zoo.shapes_llava import load_shapes_llava
+
+        try:
+            return load_shapes_llava(device=device, dtype=torch.float32 if dtype == "auto" else dtype,
+                                     attn_implementation=attn)
+        except FileNotFoundError as error:
+            raise InputError("--model", str(error)) from None
+    from transformers import AutoConfig, AutoModelForImageTextToText
+
+    try:
+        config = AutoConfig.from_pretrained(path)
+    except (OSError, ValueError) as error:
+        raise InputError("--model", f"cannot load {path!r}: {error}") from None
+    processor = load_processor(path, config)
+    model = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype, attn_implementation=attn)
+    return model.to(device).eval(), processor

@@ -641,20 +641,11 @@ def _options(args: argparse.Namespace) -> dict:
 
 def _load(model_path: str | None, device: str, dtype: torch.dtype):
     """(model, processor, default template)."""
-    if model_path is None:
-        from ..zoo.shapes_llava import load_shapes_llava
+    from ..eval.harness import default_template
+    from ..inputs import load_model
 
-        model, processor = load_shapes_llava(device=device, dtype=dtype)
-        return model, processor, "plain"
-    from transformers import AutoConfig, AutoModelForImageTextToText
-
-    from ..inputs import load_processor
-
-    config = AutoConfig.from_pretrained(model_path)
-    processor = load_processor(model_path, config)
-    model = AutoModelForImageTextToText.from_pretrained(model_path, dtype=dtype)
-    model.to(device).eval()
-    return model, processor, "llava_v1"
+    model, processor = load_model(model_path, device, dtype)
+    return model, processor, default_template(model)
 
 
 # measure_bias's parameter names -> the command-line option that sets them

@@ -129,14 +129,6 @@ def _check_count(value, parameter: str, allow_none: bool = False) -> None:
         raise ValueError(f"{parameter}: must be an int >= 1{' or None' if allow_none else ''}, got {value!r}")
 
 
-def default_template(model) -> str:
-    """The conversation format ``visiondrop eval run`` would use: ``plain`` for the
-    shipped shapes-llava, ``llava_v1`` for other LLaVA-1.5 models, else ``chat``."""
-    if _is_shipped(model):
-        return "plain"
-    return "llava_v1" if type(model).__name__ == "LlavaForConditionalGeneration" else "chat"
-
-
 def _is_shipped(model) -> bool:
     from ..zoo.shapes_llava import SHAPES_LLAVA_DIR
 
@@ -199,7 +191,7 @@ def run_study(model, processor, dataset, budgets: Iterable[int] = DEFAULT_BUDGET
         out_dir: predictions go to ``out_dir/predictions/`` (rerunning resumes them).
         limit: only the first N samples of the dataset.
         batch_size: questions per generate call.
-        template: the conversation format (None: :func:`default_template`).
+        template: the conversation format (None: :func:`~visiondrop.eval.harness.default_template`).
         progress: tqdm bars of the harness.
         model_name: recorded in the predictions' sidecars and the result (None: the
             checkpoint's name, ``shapes-llava`` for the shipped one).
@@ -220,7 +212,7 @@ def run_study(model, processor, dataset, budgets: Iterable[int] = DEFAULT_BUDGET
     parsed = check_methods(methods)
     _check_count(limit, "limit", allow_none=True)
     _check_count(batch_size, "batch_size")
-    template = default_template(model) if template is None else template
+    template = harness.default_template(model) if template is None else template
     if template not in harness.TEMPLATES:
         raise ValueError(f"template: one of {sorted(harness.TEMPLATES)}, got {template!r}")
     scorer = getattr(dataset, "scorer", None)
@@ -498,8 +490,10 @@ def main(args: argparse.Namespace) -> int:
 def _main(args: argparse.Namespace) -> int:
     import torch
 
+    from ..eval import harness
     from ..eval.command import _pairs
     from ..eval.datasets import load_dataset
+    from ..inputs import load_model
 
     budgets = parse_budgets(args.budgets)
     methods = tuple(part.strip() for part in str(args.methods).split(",") if part.strip())
@@ -517,24 +511,10 @@ def _main(args: argparse.Namespace) -> int:
     dtype = {"auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[
         args.dtype]
     try:
-        if args.model is None:
-            from ..zoo import shapes_llava
-
-            model, processor = shapes_llava.load_shapes_llava(
-                device=device, dtype=torch.float32 if dtype == "auto" else dtype)
-            template = args.template or "plain"
-        else:
-            from transformers import AutoConfig, AutoModelForImageTextToText
-
-            from ..inputs import load_processor
-
-            config = AutoConfig.from_pretrained(args.model)
-            processor = load_processor(args.model, config)
-            model = AutoModelForImageTextToText.from_pretrained(args.model, dtype=dtype)
-            model.to(device).eval()
-            template = args.template or default_template(model)
+        model, processor = load_model(args.model, device, dtype)
     except OSError as error:
         raise ValueError(f"--model: cannot load {args.model or 'the shipped shapes-llava'}: {error}") from None
+    template = args.template or harness.default_template(model)
     start = time.perf_counter()
     try:
         result = run_study(model, processor, dataset, budgets, methods, args.out, limit, batch_size, template,

@@ -420,28 +420,6 @@ def add_parser(commands) -> argparse.ArgumentParser:
     return parser
 
 
-def _load_model(path: str | None, device: str, dtype):
-    """``(model, processor)``; the shipped shapes-llava when ``path`` is None."""
-    from .. import inputs
-
-    if path is None:
-        from ..zoo.shapes_llava import load_shapes_llava
-
-        try:
-            return load_shapes_llava(device=device, dtype=dtype)
-        except FileNotFoundError as error:
-            raise inputs.InputError("--model", str(error)) from None
-    from transformers import AutoConfig, AutoModelForImageTextToText
-
-    try:
-        config = AutoConfig.from_pretrained(path)
-    except (OSError, ValueError) as error:
-        raise inputs.InputError("--model", f"cannot load {path!r}: {error}") from None
-    processor = inputs.load_processor(path, config)
-    model = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype)
-    return model.to(device).eval(), processor
-
-
 def _check_arguments(args) -> list[str]:
     """Everything that needs no model, before any is loaded; the method names."""
     from .. import inputs
@@ -499,7 +477,7 @@ def main(args: argparse.Namespace) -> int:
         media = [(Path(p).stem or "image", inputs.load_image(p)) for p in args.image or ()]
         device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
         dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[args.dtype]
-        model, processor = _load_model(args.model, device, dtype)
+        model, processor = inputs.load_model(args.model, device, dtype)
         if args.video is not None:
             frames = inputs.load_frames(args.video, inputs.check_frames(model.config, args.frames))
             media = [(Path(args.video.rstrip("/")).stem or "video", frames)]

@@ -80,8 +80,9 @@ def _run(args) -> int:
 
     import visiondrop
 
+    from ..inputs import load_model
     from .datasets import DATASETS, load_dataset
-    from .harness import run
+    from .harness import default_template, run
 
     if args.dataset == "list":
         print("\n".join(sorted(DATASETS)))
@@ -93,24 +94,9 @@ def _run(args) -> int:
     if budget is None and args.budget != "full":
         raise ValueError(f"--budget: an integer or 'full', got {args.budget!r}")
     device = args.device or (f"cuda:{local}" if torch.cuda.is_available() else "cpu")
-    if args.model is None:
-        from ..zoo.shapes_llava import load_shapes_llava
-
-        model, processor = load_shapes_llava(device=device)
-        template = args.template or "plain"
-    else:
-        from transformers import AutoConfig, AutoModelForImageTextToText
-
-        from ..inputs import load_processor
-
-        dtype = {"auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16,
-                 "float16": torch.float16}[args.dtype]
-        config = AutoConfig.from_pretrained(args.model)
-        processor = load_processor(args.model, config)
-        model = AutoModelForImageTextToText.from_pretrained(args.model, dtype=dtype, attn_implementation=args.attn)
-        model.to(device).eval()
-        template = args.template or ("llava_v1" if type(model).__name__ == "LlavaForConditionalGeneration"
-                                     else "chat")
+    dtype = {"auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[args.dtype]
+    model, processor = load_model(args.model, device, dtype, args.attn)
+    template = args.template or default_template(model)
     handle = visiondrop.apply(model, args.method, budget=budget, **options) if budget is not None else None
     info = {"model": args.model or "shapes-llava", "method": args.method if handle else "full", "budget": budget,
             "options": options}

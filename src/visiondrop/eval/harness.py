@@ -40,6 +40,17 @@ TEMPLATES = {
 }
 
 
+def default_template(model) -> str:
+    """The conversation format for ``model``: ``plain`` for the shipped shapes-llava (its
+    training format), ``llava_v1`` for other LLaVA-1.5 models, else the processor's ``chat``."""
+    from ..zoo.shapes_llava import SHAPES_LLAVA_DIR
+
+    name = str(getattr(model.config, "_name_or_path", "") or "")
+    if name and Path(name).resolve() == SHAPES_LLAVA_DIR.resolve():
+        return "plain"
+    return "llava_v1" if type(model).__name__ == "LlavaForConditionalGeneration" else "chat"
+
+
 def parse_shard(text: str) -> tuple[int, int]:
     """``"i/N"`` -> ``(i, N)`` with ``0 <= i < N``."""
     try:
