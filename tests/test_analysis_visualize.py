@@ -268,3 +268,19 @@ def test_unknown_method_is_refused_before_the_model_loads(tmp_path, capsys, monk
     monkeypatch.setattr("visiondrop.inputs.load_model", no_model)
     assert _run(["--image", "x.png", "--prompt", "?", "--methods", "nosuch", "--out", str(tmp_path)]) == 2
     assert "--methods" in capsys.readouterr().err
+
+
+def test_compare_methods_runs_on_llava_onevision_and_qwen2_5_vl():
+    """Smoke: the layouts for OneVision (anyres on SigLIP, packed LLM layout) and
+    Qwen2.5-VL (merged 2 x 2 blocks) render every stage of two methods end to end."""
+    from tiny_qwen2_5_vl import TinyQwenProcessor, tiny_image_processor, tiny_qwen, tiny_tokenizer
+
+    from visiondrop.testing import tiny_llava_onevision, tiny_onevision_processor
+
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (200, 300, 3), dtype=np.uint8))
+    cases = [(tiny_llava_onevision(), tiny_onevision_processor(), 80),
+             (tiny_qwen(), TinyQwenProcessor(tiny_tokenizer(), tiny_image_processor()), 16)]
+    for model, processor, budget in cases:
+        one = vz.compare_methods(model, processor, image, "what is this ?", ["fastv"], budget)
+        two = vz.compare_methods(model, processor, image, "what is this ?", ["visiondrop", "fastv"], budget)
+        assert two.size[1] > one.size[1] and two.size[0] >= one.size[0]  # a row per method
