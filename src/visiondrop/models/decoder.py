@@ -47,6 +47,16 @@ def cache_argument(kwargs: dict):
     return kwargs.get("past_key_values") if cache is None else cache
 
 
+def execution_device(module: nn.Module, fallback: torch.Tensor) -> torch.device:
+    """Where ``module`` computes: accelerate's hook decides for a model split by a
+    ``device_map`` (its weights may sit on "meta" or elsewhere), else its parameters."""
+    device = getattr(getattr(module, "_hf_hook", None), "execution_device", None)
+    if device is not None:
+        return torch.device("cuda", device) if isinstance(device, int) else torch.device(device)
+    param = next(module.parameters(), None)
+    return param.device if param is not None and param.device.type != "meta" else fallback.device
+
+
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
     half = x.shape[-1] // 2
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
@@ -145,6 +155,15 @@ class Layout:
     images: tuple[int, ...]  # image index of each segment
     patches: list[torch.Tensor]  # per segment: the patch id of each of its visual tokens
     origins: torch.Tensor | None = None  # (B, L) column at LM entry of each token, -1 if merged
+
+    def to(self, device: torch.device) -> Layout:
+        """This layout on ``device`` (a stage on a layer that a device map put elsewhere)."""
+        if self.mask.device == device:
+            return self
+        moved = Layout(self.mask.to(device), self.positions.to(device), self.segments, self.images,
+                       [p.to(device) for p in self.patches], None if self.origins is None else self.origins.to(device))
+        moved.__dict__.update({k: v for k, v in self.__dict__.items() if k == "row_counts"})  # CPU, computed once
+        return moved
 
     @cached_property
     def row_counts(self) -> torch.Tensor:
@@ -320,9 +339,13 @@ class DecoderPruner:
         session = self.session
         hidden = args[0] if args else kwargs["hidden_states"]
         if index == 0 and self.wants_entry and session.layout.segments:
+            entry = self._follow(execution_device(layer, hidden), hidden)
             for group in session.groups:
-                self.method.prepare_llm(self._stage_view(group, None, hidden, None, hidden))
+                self.method.prepare_llm(self._stage_view(group, None, entry, None, entry))
         if index in self.stage_specs and session.layout.segments:
+            # a stage computes where the layer that scores it does (a split model's layers differ)
+            score_layer = session.score_input[0] if self.score_offset == -1 else layer
+            hidden = self._follow(execution_device(score_layer, hidden), hidden)
             hidden = self._prune(index, layer, hidden, kwargs)
             args = (hidden, *args[1:]) if args else args
             if not args:
@@ -334,6 +357,16 @@ class DecoderPruner:
         session.report.layer_visual_tokens[:, index] = session.layout.row_counts
         self._apply_overrides(index, kwargs)
         return args, kwargs
+
+    def _follow(self, device: torch.device, hidden: torch.Tensor) -> torch.Tensor:
+        """Move the session's prefill state (and ``hidden``) to ``device``; free when it is there."""
+        session = self.session
+        if session.layout.mask.device != device:
+            session.layout = session.layout.to(device)
+            session.entry_last = session.entry_last.to(device)
+            for group in session.groups:
+                group.memo = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in group.memo.items()}
+        return hidden.to(device)
 
     def _stage_view(self, group: SegmentGroup, layer: nn.Module | None, score_hidden: torch.Tensor, cos_sin,
                     hidden: torch.Tensor) -> DecoderStage:
@@ -384,9 +417,11 @@ class DecoderPruner:
         batch, length, _ = hidden.shape
         if self.score_offset == -1:
             score_layer, score_hidden, cos_sin = session.score_input
+            score_hidden = score_hidden.to(hidden.device)
         else:
             cos_sin = session.overrides["position_embeddings"] if session.overrides else kwargs["position_embeddings"]
             score_layer, score_hidden = layer, hidden
+        cos_sin = tuple(t.to(hidden.device) for t in cos_sin)
         count = len(layout.segments)
         # One group holding every segment in order (every image alike: the usual batch):
         # the reduction's (S, ...) tensors go to the plan as they are. Otherwise, one
@@ -510,8 +545,10 @@ class DecoderPruner:
         if index in session.stages:
             hidden = args[0] if args else kwargs["hidden_states"]
             stage = session.stages[index]
-            mask_2d = torch.cat([stage.mask, session.tail_mask.to(stage.mask.dtype)], dim=1)
-            positions = session.decode_positions
+            device = stage.mask.device  # where the prefill's stage ran
+            hidden = hidden.to(device)
+            mask_2d = torch.cat([stage.mask, session.tail_mask.to(device, stage.mask.dtype)], dim=1)
+            positions = session.decode_positions.to(device)
             if self.positions == "reindex":
                 positions = positions - stage.shift
             self._start_stage(hidden, mask_2d, positions, kwargs)
