@@ -1,3 +1,4 @@
+import socket
 from contextlib import contextmanager, nullcontext
 
 import torch
@@ -87,3 +88,10 @@ def assert_same_selections(method: str, sdpa_run, eager_run) -> None:
     assert sdpa_run[0] == eager_run[0]
     for sdpa_row, eager_row in zip(sdpa_run[1], eager_run[1]):
         assert torch.allclose(sdpa_row, eager_row, atol=1e-4)
+
+
+def free_port() -> int:
+    """A free TCP port for a launcher's rendezvous (torchrun, accelerate launch)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]

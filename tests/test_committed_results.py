@@ -78,3 +78,18 @@ def test_ablation_defaults_reproduce_the_main_run_question_by_question():
     assert len(pairs) == 1 + len(ablations.budgets)
     for ours, theirs in pairs:
         assert ours.correct == theirs.correct, ours.label
+
+
+def test_data_parallel_tables_match_the_committed_json():
+    """docs/multi-gpu.md and the run's own table quote the committed runs' numbers."""
+    from visiondrop.bench import parallel
+
+    folder = DOCS / "benchmarks" / "h100-dp-shared"
+    runs = parallel.load_runs(folder, "dp-llava-1.5-7b-b64")
+    assert [run["world_size"] for run in runs] == [1, 2] and runs[1]["devices"] == 1
+    table = parallel.to_markdown(runs)
+    assert (folder / "dp-llava-1.5-7b-b64.md").read_text().strip() == table.strip()
+    rows = [line for line in table.splitlines() if line.startswith("|")]
+    page = (DOCS / "multi-gpu.md").read_text()
+    for row in rows:
+        assert row in page, row

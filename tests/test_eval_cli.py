@@ -4,12 +4,12 @@ random LLaVA checkpoint on CPU: two shards, merge, score against the unpruned ru
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from helpers import free_port
 
 from visiondrop.cli import main
 from visiondrop.eval import harness
@@ -110,12 +110,6 @@ def _launch(launcher, pope, checkpoint, out):
     assert done.returncode == 0, done.stderr[-3000:]
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def _single_process(pope, checkpoint, tmp_path):
     _run(pope, checkpoint, tmp_path / "one.jsonl", "--budget", "64", "--device", "cpu")
     return harness.read_records(tmp_path / "one.jsonl")
@@ -125,14 +119,14 @@ def _single_process(pope, checkpoint, tmp_path):
 def test_two_launched_processes_give_the_single_process_predictions(launcher, pope, checkpoint, tmp_path):
     if launcher == "torchrun":
         command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
-                   f"--master-port={_free_port()}"]
+                   f"--master-port={free_port()}"]
     else:
         pytest.importorskip("accelerate")
         # --multi_gpu: accelerate's torch.distributed launcher (its --cpu launcher starts one process
         # unless MPI is set up); the processes themselves run on the CPU (--device cpu)
         command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
                    "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-                   "--main_process_port", str(_free_port())]
+                   "--main_process_port", str(free_port())]
     _launch(command, pope, checkpoint, tmp_path / "p.{shard}.jsonl")
     shards = [tmp_path / f"p.{i}of2.jsonl" for i in range(2)]
     assert [len(harness.read_records(s)) for s in shards] == [3, 2]

@@ -257,3 +257,97 @@ def test_loglikelihood_is_refused_while_pruning(plugin, models, checkpoint):
                                                                   {"device": "cpu"})
     with pytest.raises(NotImplementedError, match="loglikelihood tasks .* not supported with pruning"):
         lm.loglikelihood([])
+
+
+# ------------------------------------------------------------------ lmms-eval's CLI, one and two processes
+
+TASK_YAML = """dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {docs}
+task: visiondrop_tiny
+test_split: test
+output_type: generate_until
+doc_to_visual: !function visiondrop_tiny_utils.doc_to_visual
+doc_to_text: !function visiondrop_tiny_utils.doc_to_text
+doc_to_target: answer
+generation_kwargs:
+  max_new_tokens: 4
+  do_sample: false
+process_results: !function visiondrop_tiny_utils.process_results
+metric_list:
+  - metric: exact_match
+    aggregation: mean
+    higher_is_better: true
+"""
+TASK_UTILS = '''from PIL import Image
+
+
+def doc_to_visual(doc):
+    return [Image.open(doc["image"]).convert("RGB")]
+
+
+def doc_to_text(doc, lmms_eval_specific_kwargs=None):
+    return doc["question"]
+
+
+def process_results(doc, results):
+    return {"exact_match": float(results[0].strip() == doc["answer"])}
+'''
+
+
+def _local_task(folder: Path, n: int) -> Path:
+    """An lmms-eval task read from local files (no hub): ``n`` images, one question each."""
+    import json
+
+    folder.mkdir()
+    with open(folder / "docs.jsonl", "w") as docs:
+        for i in range(n):
+            _image(i).save(folder / f"{i}.png")
+            docs.write(json.dumps({"image": str(folder / f"{i}.png"), "question": "what is this ?",
+                                   "answer": "yes"}) + "\n")
+    (folder / "visiondrop_tiny.yaml").write_text(TASK_YAML.format(docs=folder / "docs.jsonl"))
+    (folder / "visiondrop_tiny_utils.py").write_text(TASK_UTILS)
+    return folder
+
+
+def _lmms_eval(launcher, checkpoint, task, out):
+    """``launcher -m lmms_eval`` with the plugin's model on the CPU; its log and its samples by doc_id."""
+    import json
+
+    # device_map=cpu: with several processes and no device_map, lmms-eval's LlavaHf binds
+    # process i to cuda:i
+    command = [*launcher, "-m", "lmms_eval", "--model", "visiondrop_llava_hf", "--model_args",
+               f"pretrained={checkpoint},method=visiondrop,budget=16,dtype=float32,device_map=cpu",
+               "--device", "cpu", "--tasks", "visiondrop_tiny", "--include_path", str(task), "--batch_size", "1",
+               "--log_samples", "--output_path", str(out)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+           "HF_DATASETS_CACHE": str(out / "datasets-cache")}
+    done = subprocess.run(command, capture_output=True, text=True, timeout=900, env=env)
+    log = done.stdout + done.stderr
+    # lmms-eval logs errors and exits 0 (docs/lmms-eval.md)
+    assert done.returncode == 0 and "Error during evaluation" not in log, log[-4000:]
+    (samples,) = out.glob("*/*_samples_visiondrop_tiny.jsonl")
+    rows = [json.loads(line) for line in samples.read_text().splitlines()]
+    return log, {row["doc_id"]: row["filtered_resps"] for row in rows}, len(rows)
+
+
+def test_two_processes_under_accelerate_launch_equal_one_process(plugin, checkpoint, tmp_path):
+    """lmms-eval's data parallelism (`accelerate launch --num_processes 2`): each process loads
+    and prunes its own model, lmms-eval splits the documents by rank and gathers the answers;
+    they equal one process's, none lost or repeated."""
+    pytest.importorskip("accelerate")
+    from helpers import free_port
+
+    task = _local_task(tmp_path / "task", n=5)
+    log_one, one, rows_one = _lmms_eval([sys.executable], checkpoint, task, tmp_path / "one")
+    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                "--main_process_port", str(free_port())]
+    log_two, two, rows_two = _lmms_eval(launcher, checkpoint, task, tmp_path / "two")
+
+    assert log_one.count("visiondrop: PruningHandle(") == 1
+    assert log_two.count("visiondrop: PruningHandle(") == 2  # each process pruned its model
+    assert "Running on rank 1" in log_two and "Building contexts for visiondrop_tiny on rank 1" in log_two
+    assert rows_one == rows_two == 5 and sorted(two) == list(range(5))
+    assert two == one

@@ -31,9 +31,7 @@ def test_layout_to_its_own_device_is_the_same_object_and_keeps_row_counts():
     assert layout.row_counts.tolist() == [3, 2]
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU to split across")
-def test_split_across_gpu_and_cpu_equals_one_device():
-    pytest.importorskip("accelerate")
+def _split_check():
     import importlib.util
     from pathlib import Path
 
@@ -41,4 +39,27 @@ def test_split_across_gpu_and_cpu_equals_one_device():
     spec = importlib.util.spec_from_file_location("split_check", path)
     split_check = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(split_check)
-    assert split_check.main() == 0
+    return split_check
+
+
+@pytest.mark.parametrize("second", ["cpu", 1])
+def test_split_check_device_map_puts_the_second_half_on_the_second_device(second):
+    from visiondrop.testing import tiny_llava
+
+    model = tiny_llava(num_layers=8)
+    placement = _split_check().device_map(model, 3, second)
+    layers = [placement[f"model.language_model.layers.{i}"] for i in range(8)]
+    assert layers == [0, 0, 0] + [second] * 5
+    assert placement["model.language_model.norm"] == placement["lm_head"] == second
+    assert placement["model.vision_tower"] == placement["model.language_model.embed_tokens"] == 0
+    # every parameter of the model is placed by exactly one entry
+    for name, _ in model.named_parameters():
+        owners = [key for key in placement if name == key or name.startswith(key + ".")]
+        assert len(owners) == 1, (name, owners)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU to split across")
+def test_split_across_devices_equals_one_device():
+    """GPU 0 + CPU, and GPU 0 + GPU 1 where there are two GPUs."""
+    pytest.importorskip("accelerate")
+    assert _split_check().main() == 0

@@ -70,9 +70,13 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--dtype", choices=("bfloat16", "float16", "float32"), default="bfloat16")
     bench.add_argument("--attn", default="sdpa")
     bench.add_argument("--device", default=None, help="default: cuda if available")
-    bench.add_argument("--mode", choices=("eager", "graph", "both"), default="eager",
+    bench.add_argument("--mode", choices=("eager", "graph", "both", "data-parallel"), default="eager",
                        help="eager: every figure, eager prefills; graph: batch-1 TTFT and prefill + N tokens "
-                            "with the prefill captured as a CUDA graph (LLaVA-1.5; visiondrop.capture)")
+                            "with the prefill captured as a CUDA graph (LLaVA-1.5; visiondrop.capture); "
+                            "data-parallel: prefill throughput of the processes torchrun or accelerate launch "
+                            "started, one model each (docs/multi-gpu.md)")
+    bench.add_argument("--steps", type=int, default=2,
+                       help="data-parallel: prefills per timed sample (each sample starts at a barrier)")
     bench.add_argument("--out", default="bench-results", help="output folder")
 
     from .analysis import bias as bias_command
@@ -245,6 +249,8 @@ def bench(args: argparse.Namespace) -> int:
     except (_BadArgument, ValueError) as error:
         print(f"visiondrop: {error}", file=sys.stderr)
         return 2
+    if args.mode == "data-parallel":
+        return _bench_data_parallel(config, args)
     from .bench import captured
 
     runs = {"eager": [latency], "graph": [captured], "both": [latency, captured]}[args.mode]
@@ -259,6 +265,25 @@ def bench(args: argparse.Namespace) -> int:
             return 2
         paths = tool.save(result, args.out)
         print(tool.to_markdown(result))
+        for path in paths.values():
+            print(f"wrote {path}")
+    return 0
+
+
+def _bench_data_parallel(config, args: argparse.Namespace) -> int:
+    from .bench import parallel
+
+    try:
+        place = parallel.Place.from_env()
+        if args.steps < 1:
+            raise _BadArgument("--steps", f"must be >= 1, got {args.steps}")
+        result = parallel.run_data_parallel(config, place, steps=args.steps)
+    except (_BadArgument, ValueError) as error:
+        print(f"visiondrop: {error}", file=sys.stderr)
+        return 2
+    if result is not None:  # rank 0
+        paths = parallel.save(result, args.out)
+        print(paths["md"].read_text())
         for path in paths.values():
             print(f"wrote {path}")
     return 0

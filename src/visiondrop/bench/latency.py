@@ -111,6 +111,10 @@ def make_inputs(model, batch: int, text_tokens: int, image_size=None, seed: int 
     before = text_tokens // 2
     vocab = min(config.text_config.vocab_size, 30000)
     text = torch.randint(10, vocab, (batch, text_tokens), generator=generator)
+    # small vocabularies hold the placeholder ids: a drawn one would be one more image token
+    placeholders = [getattr(config, name, None) for name in ("image_token_id", "video_token_id")]
+    for token in filter(None, placeholders):
+        text[text == token] = 10 if token != 10 else 11
     image = torch.full((batch, counts.per_layer[0]), config.image_token_id)
     input_ids = torch.cat([text[:, :before], image, text[:, before:]], dim=1)
     side = config.vision_config.image_size
