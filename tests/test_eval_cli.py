@@ -132,3 +132,22 @@ def test_two_launched_processes_give_the_single_process_predictions(launcher, po
     assert [len(harness.read_records(s)) for s in shards] == [3, 2]
     merged = harness.read_records(harness.merge(shards, tmp_path / "merged.jsonl"))
     assert merged == _single_process(pope, checkpoint, tmp_path)  # no sample lost, twice or changed
+
+
+def test_an_interrupted_shard_resumes_under_torchrun(pope, checkpoint, tmp_path):
+    """Rank 0's job dies mid-write; the same torchrun command again answers only what rank 0
+    is missing, leaves rank 1's finished file alone, and the merge equals one process."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2"]
+    out = tmp_path / "p.{shard}.jsonl"
+    _launch([*command, f"--master-port={free_port()}"], pope, checkpoint, out)
+    shards = [tmp_path / f"p.{i}of2.jsonl" for i in range(2)]
+    first_line = shards[0].read_text().splitlines(keepends=True)[0]
+    shards[0].write_text(first_line + '{"id": "cut off mid-wri')
+    finished = shards[1].read_bytes()
+    with pytest.raises(ValueError, match=r"1 of its 3 samples answered; finish it"):
+        harness.merge(shards, tmp_path / "early.jsonl")
+
+    _launch([*command, f"--master-port={free_port()}"], pope, checkpoint, out)
+    assert shards[0].read_text().startswith(first_line) and shards[1].read_bytes() == finished
+    merged = harness.read_records(harness.merge(shards, tmp_path / "merged.jsonl"))
+    assert merged == _single_process(pope, checkpoint, tmp_path)
