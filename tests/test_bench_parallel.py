@@ -125,4 +125,4 @@ def test_a_foreign_file_in_the_folder_is_named(tmp_path):
 
 def test_cli_refuses_bad_steps_before_any_model(capsys, tmp_path):
     assert main([*ARGS, "--steps", "0", "--config", str(tmp_path / "absent"), "--out", str(tmp_path)]) == 2
-    assert "--steps: must be >= 1" in capsys.readouterr().err
+    assert "--steps must be >= 1" in capsys.readouterr().err

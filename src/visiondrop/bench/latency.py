@@ -195,6 +195,18 @@ class IdealVariant(Variant):
                               do_sample=False)
 
 
+def checked_variants(config: BenchConfig, model) -> list[Variant]:
+    """``full``, each method at the budget, and ``ideal``; each applied to the model once,
+    so that a budget a method cannot plan or an unsupported model fails before any timing."""
+    variants = [Variant("full", None, None)] + [Variant(m, m, config.budget) for m in config.methods]
+    if config.ideal:
+        variants.append(IdealVariant(config.budget))
+    for variant in variants:
+        variant.activate(model)
+        variant.deactivate()
+    return variants
+
+
 # ------------------------------------------------------------------------ timing
 def _timer(device: torch.device) -> Callable[[Callable[[], object]], float]:
     """``time(fn) -> milliseconds`` with CUDA events on a GPU, perf_counter elsewhere."""
@@ -234,12 +246,7 @@ def run_bench(config: BenchConfig, model=None, progress: bool = True) -> dict:
     device = torch.device(config.device)
     if model is None:
         model = build_model(config.model, config.dtype, config.device, config.attn)
-    variants = [Variant("full", None, None)] + [Variant(m, m, config.budget) for m in config.methods]
-    if config.ideal:
-        variants.append(IdealVariant(config.budget))
-    for variant in variants:  # errors (budget, unsupported) before any timing
-        variant.activate(model)
-        variant.deactivate()
+    variants = checked_variants(config, model)
     timed = _timer(device)
     batches = sorted({1, *config.throughput_batches, *config.decode_batches})
     inputs = {b: make_inputs(model, b, config.text_tokens, config.image_size) for b in batches}

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from .latency import BenchConfig, Figure, IdealVariant, Variant, build_model, environment, make_inputs
+from .latency import BenchConfig, Figure, build_model, checked_variants, environment, make_inputs
 
 
 @dataclass(frozen=True)
@@ -110,17 +110,12 @@ def run_data_parallel(config: BenchConfig, place: Place | None = None, model=Non
     from tqdm.auto import tqdm
 
     if steps < 1:
-        raise ValueError(f"steps must be >= 1, got {steps}")
+        raise ValueError(f"--steps must be >= 1, got {steps}")
     place = place or Place.from_env()
     device = process_device(config.device, place.local_rank)
     if model is None:
         model = build_model(config.model, config.dtype, str(device), config.attn)
-    variants = [Variant("full", None, None)] + [Variant(m, m, config.budget) for m in config.methods]
-    if config.ideal:
-        variants.append(IdealVariant(config.budget))
-    for variant in variants:  # errors (budget, unsupported) before any process starts timing
-        variant.activate(model)
-        variant.deactivate()
+    variants = checked_variants(config, model)  # errors before any process waits at a barrier
     inputs = {b: make_inputs(model, b, config.text_tokens, config.image_size, seed=place.rank)
               for b in config.throughput_batches}
     group = _Group(place)
