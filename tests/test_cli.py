@@ -169,3 +169,31 @@ def test_generate_video_errors(video_checkpoint, tmp_path, capsys, arguments, pa
     err = capsys.readouterr().err
     assert code == 2
     assert f"visiondrop: {parameter}" in err and message in err, err
+
+
+def _unreadable_npy(path, kind: str) -> None:
+    """A ``.npy`` that numpy cannot give as one array without pickle."""
+    if kind == "object":
+        np.save(path, np.array([np.zeros(3), "frame"], dtype=object), allow_pickle=True)
+    elif kind in ("truncated", "header-only"):
+        np.save(path, np.zeros((9, 8, 8, 3), dtype=np.uint8))
+        path.write_bytes(path.read_bytes()[:300 if kind == "truncated" else 40])
+    elif kind == "empty":
+        path.write_bytes(b"")
+    elif kind == "not-npy":
+        path.write_bytes(b"frames" * 20)
+    else:  # an .npz archive under a .npy name
+        with path.open("wb") as stream:
+            np.savez(stream, frames=np.zeros((9, 8, 8, 3), dtype=np.uint8))
+
+
+@pytest.mark.parametrize("kind", ["object", "truncated", "header-only", "empty", "not-npy", "npz"])
+def test_generate_unreadable_npy_video_is_a_named_error(video_checkpoint, tmp_path, capsys, kind):
+    path, _, _ = video_checkpoint
+    bad = tmp_path / "clip.npy"
+    _unreadable_npy(bad, kind)
+    code = main(["generate", "--model", path, "--video", str(bad), "--prompt", "x", "--budget", "16",
+                 "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith(f"visiondrop: --video: {str(bad)!r}: ") and err.count("\n") == 1, err

@@ -151,3 +151,53 @@ def test_an_interrupted_shard_resumes_under_torchrun(pope, checkpoint, tmp_path)
     assert shards[0].read_text().startswith(first_line) and shards[1].read_bytes() == finished
     merged = harness.read_records(harness.merge(shards, tmp_path / "merged.jsonl"))
     assert merged == _single_process(pope, checkpoint, tmp_path)
+
+
+# ------------------------------------------------ issue 18: damaged files, duplicate ids
+def _predictions(folder, lines: list[bytes], sidecar: bytes | None = None) -> Path:
+    """A finished msvd predictions file (every command reads it: score, export, merge, judge)."""
+    path = folder / "p.jsonl"
+    path.write_bytes(b"".join(lines))
+    meta = {"dataset": "msvd", "scorer": "videoqa", "total": len(lines), "shard": [0, 1], "owned": len(lines),
+            "template": "llava_v1", "run": {}}
+    (folder / "p.jsonl.meta.json").write_bytes(sidecar if sidecar is not None else json.dumps(meta).encode())
+    return path
+
+
+def _line(i, **changes) -> bytes:
+    row = {"id": str(i), "prediction": "a man", "reference": "man", "meta": {}, "prompt": "who?", "position": i,
+           **changes}
+    return (json.dumps({k: v for k, v in row.items() if v is not None}) + "\n").encode()
+
+
+COMMANDS = {"score": [], "export": ["--out", "x.json"], "merge": ["--out", "m.jsonl"],
+            "judge": ["--judge-url", "http://127.0.0.1:9/v1", "--out", "v.jsonl"]}
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+@pytest.mark.parametrize("lines, sidecar, named", [
+    ([_line(0), b"null\n"], None, "p.jsonl:2: "),
+    ([_line(0), _line(1, prediction=None)], None, "p.jsonl:2: "),
+    ([_line(0, id=None), _line(1)], None, "p.jsonl:1: "),
+    ([_line(0).replace(b"man", b"m\xe4n", 1), _line(1)], None, "p.jsonl:1: "),
+    ([b"{oops\n", _line(1)], None, "p.jsonl:1: "),
+    ([_line(0), _line(1)], b'{"dataset": "msvd", "scorer": "videoqa", "total": 2, "owned": 2}',
+     "p.jsonl.meta.json: "),
+    ([_line(0), _line(1)], b"{", "p.jsonl.meta.json: "),
+    ([_line(0), _line(1)], b'{"dataset": "\xe4"}', "p.jsonl.meta.json: "),
+], ids=["null", "no-prediction", "no-id", "bad-byte", "bad-json", "sidecar-no-shard", "sidecar-json",
+        "sidecar-byte"])
+def test_a_damaged_file_is_exit_2_naming_file_and_line(tmp_path, capsys, command, lines, sidecar, named):
+    path = _predictions(tmp_path, lines, sidecar)
+    arguments = [str(tmp_path / a) if a.endswith("json") or a.endswith("jsonl") else a for a in COMMANDS[command]]
+    assert main(["eval", command, str(path), *arguments]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("visiondrop: ") and named in err and err.count("\n") == 1, err
+
+
+def test_score_refuses_an_id_twice(tmp_path, capsys):
+    path = _predictions(tmp_path, [_line(i, **({"id": "3"} if i == 11 else {})) for i in range(12)])
+    meta = json.loads((tmp_path / "p.jsonl.meta.json").read_text())
+    (tmp_path / "p.jsonl.meta.json").write_text(json.dumps({**meta, "dataset": "gqa", "scorer": "gqa"}))
+    assert main(["eval", "score", str(path)]) == 2
+    assert f"{path}: sample '3' appears twice" in capsys.readouterr().err

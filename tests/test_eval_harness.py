@@ -116,7 +116,7 @@ def test_bad_arguments(tmp_path):
     with pytest.raises(ValueError, match="template"):
         harness.prompt_text(None, next(Toy().samples()), "vicuna")
     bad = tmp_path / "bad.jsonl"
-    bad.write_text('{"id": 1}\nnot json\n{"id": 2}\n')
+    bad.write_bytes(_line(1) + b"not json\n" + _line(2))
     with pytest.raises(ValueError, match="bad.jsonl:2"):
         harness.read_records(bad)
 
@@ -132,7 +132,7 @@ def test_llava_v1_template_is_the_release_conversation():
 
 def test_score_refuses_server_scored_files(tmp_path):
     path = tmp_path / "p.jsonl"
-    path.write_text(json.dumps({"id": "1", "prediction": "yes", "position": 0}) + "\n")
+    path.write_bytes(_line(0))
     (tmp_path / "p.jsonl.meta.json").write_text(json.dumps(
         {"dataset": "vqav2-testdev", "scorer": None, "total": 1, "shard": [0, 1], "owned": 1}))
     with pytest.raises(ValueError, match="scored by its benchmark's server"):
@@ -140,3 +140,79 @@ def test_score_refuses_server_scored_files(tmp_path):
 
 
 torch.set_num_threads(2)
+
+
+# ------------------------------------------------ issue 18: damaged files, duplicate ids
+def _line(i, prediction="yes", **changes) -> bytes:
+    """One predictions line as `run` writes it (``ensure_ascii=False``), with ``changes``;
+    a change to None drops the field."""
+    row = {"id": f"q{i}", "prediction": prediction, "reference": "yes", "meta": {"split": "random"},
+           "prompt": "?", "position": i, **changes}
+    return (json.dumps({k: v for k, v in row.items() if v is not None}, ensure_ascii=False) + "\n").encode()
+
+
+def test_a_line_cut_inside_a_multibyte_character_is_dropped(tmp_path):
+    path = tmp_path / "p.jsonl"
+    whole, cut = _line(0, "caf\u00e9"), _line(1, "caf\u00e9")
+    path.write_bytes(whole + cut[:cut.index("\u00e9".encode()) + 1])  # half of the two bytes of "é"
+    assert [r["prediction"] for r in harness.read_records(path)] == ["caf\u00e9"]
+    path.write_bytes(whole + _line(1).replace(b"yes", b"y\xffs", 1) + whole)
+    with pytest.raises(ValueError, match=r"p\.jsonl:2: not UTF-8"):  # elsewhere a bad byte is an error
+        harness.read_records(path)
+
+
+def test_resume_after_a_write_cut_inside_a_multibyte_character(tiny, tmp_path, monkeypatch):
+    reference = _run(tiny, tmp_path / "ref.jsonl")
+    path = tmp_path / "p.jsonl"
+    head = b"".join(reference.read_bytes().splitlines(keepends=True)[:4])
+    path.write_bytes(head + '{"id": "q4", "prediction": "\u00e9'.encode()[:-1])
+    calls = []
+    original = harness.answer_batch
+    monkeypatch.setattr(harness, "answer_batch", lambda *a: calls.append([s.id for s in a[2]]) or original(*a))
+    _run(tiny, path, batch_size=2)
+    assert calls == [["q4", "q5"]]
+    assert harness.read_records(path) == harness.read_records(reference)
+
+
+@pytest.mark.parametrize("content, named", [
+    (_line(0) + b"[1, 2]\n", r"p\.jsonl:2: .*JSON object"),
+    (_line(0) + _line(1, prediction=None), r"p\.jsonl:2: .*'prediction'"),
+    (_line(0, id=None) + _line(1), r"p\.jsonl:1: .*'id'"),
+    (_line(0, id=7) + _line(1), r"p\.jsonl:1: .*'id'"),
+    (_line(0, position="0") + _line(1), r"p\.jsonl:1: .*'position'"),
+    (_line(0).replace(b"yes", b"y\xffs", 1) + _line(1), r"p\.jsonl:1: not UTF-8"),
+    (b'{"id": "q0",\n' + _line(1), r"p\.jsonl:1: not JSON"),
+], ids=["list", "no-prediction", "no-id", "id-number", "position-text", "bad-byte", "bad-json"])
+def test_a_resumed_run_refuses_a_damaged_file_naming_file_and_line(tmp_path, content, named):
+    path = tmp_path / "p.jsonl"
+    path.write_bytes(content)
+    with pytest.raises(ValueError, match=named):  # checked before any model call: no model needed
+        harness.run(None, None, Toy(), path, template="plain", progress=False)
+
+
+@pytest.mark.parametrize("sidecar, named", [
+    (b'{"dataset": "toy"', r"p\.jsonl\.meta\.json: not JSON"),
+    (b'{"dataset": "t\xffy"}', r"p\.jsonl\.meta\.json: not UTF-8"),
+    (b"[]", r"p\.jsonl\.meta\.json: .*JSON object"),
+    (b'{"dataset": "toy", "scorer": "pope", "total": 6, "owned": 6}', r"p\.jsonl\.meta\.json: .*'shard'"),
+    (b'{"dataset": "toy", "scorer": "pope", "total": 6, "owned": 6, "shard": [0]}', r"p\.jsonl\.meta\.json: .*'shard'"),
+], ids=["bad-json", "bad-byte", "list", "no-shard", "shard-short"])
+def test_a_damaged_sidecar_is_named_with_its_key(tmp_path, sidecar, named):
+    path = tmp_path / "p.jsonl"
+    path.write_bytes(b"".join(_line(i) for i in range(6)))
+    (tmp_path / "p.jsonl.meta.json").write_bytes(sidecar)
+    for read in (harness.read_meta, harness.score,
+                 lambda p: harness.run(None, None, Toy(), p, template="plain", progress=False)):
+        with pytest.raises(ValueError, match=named):
+            read(path)
+
+
+def test_score_refuses_an_id_twice(tmp_path):
+    """12 records, q3 twice and q11 missing: the count matches the sidecar's total, the ids do not."""
+    path = tmp_path / "p.jsonl"
+    path.write_bytes(b"".join(_line(i, "no" if i in (3, 5, 7, 9) else "yes", id=f"q{3 if i == 11 else i}")
+                              for i in range(12)))
+    (tmp_path / "p.jsonl.meta.json").write_text(json.dumps(
+        {"dataset": "toy", "scorer": "exact", "total": 12, "shard": [0, 1], "owned": 12}))
+    with pytest.raises(ValueError, match=r"p\.jsonl: sample 'q3' appears twice"):
+        harness.score(path)

@@ -49,3 +49,18 @@ def test_judge_aggregates_and_resumes(tmp_path):
     assert result["accuracy"] == pytest.approx(200 / 3) and result["score"] == 3.0
     assert result["judged"] == 3 and result["unjudged"] == 1
     assert len([json.loads(line) for line in out.read_text().splitlines()]) == 4
+
+
+def test_judge_resumes_after_a_verdict_cut_mid_write(tmp_path):
+    out = tmp_path / "verdicts.jsonl"
+    replies = {"0": "{'pred': 'yes', 'score': 5}", "1": "{'pred': 'no', 'score': 1}"}
+
+    def chat(messages):
+        return replies[messages[1]["content"].split("happening ")[1].split("?")[0]]
+
+    judge(_records()[:2], chat, out, progress=False)
+    data = out.read_bytes()
+    out.write_bytes(data[:-9])  # the second verdict was cut mid-write
+    result = judge(_records()[:2], chat, out, progress=False)
+    assert result == {"accuracy": 50.0, "score": 3.0, "judged": 2, "unjudged": 0}
+    assert [json.loads(line)["id"] for line in out.read_text().splitlines()] == ["0", "1"]

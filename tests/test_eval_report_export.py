@@ -120,3 +120,12 @@ def test_mmbench_fixture_circular_scored_by_hand():
     answers = {"241": "B", "1000241": "The answer is A.", "9": "C", "1000009": "A. blue", "2000009": "A"}
     out = score_mmbench(_records("mmbench", answers, questions=str(tsv)))
     assert out["questions"] == 2 and out["accuracy"] == 50.0 and out["unparsed"] == 0
+
+
+def test_export_refuses_an_id_twice(tmp_path):
+    path = _write(tmp_path / "v.jsonl", "vqav2", None, [
+        {"prediction": "two", "reference": None, "meta": {"question_id": i}} for i in range(3)])
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join([lines[0], lines[1], lines[1]]) + "\n")  # id "1" twice, "2" missing
+    with pytest.raises(ValueError, match=r"v.jsonl: sample '1' appears twice"):
+        export(path, tmp_path / "up.json")

@@ -6,6 +6,7 @@ from torch import nn
 
 from .methods import get_method
 from .models import adapter_for
+from .models.guards import CallLock, InstanceAttribute, guard_generate, plain_deepcopy, serialize_calls
 from .report import PruningReport
 from .schedule import Schedule
 
@@ -37,8 +38,6 @@ class PruningHandle:
             hook.remove()
         self._hooks = []
         self.adapter.reset()
-        if getattr(self.model, _HANDLE_ATTR, None) is self:
-            delattr(self.model, _HANDLE_ATTR)
 
     def __enter__(self) -> PruningHandle:
         return self
@@ -83,12 +82,19 @@ def apply(model: nn.Module, method: str = "visiondrop", *, budget: int | None = 
         ValueError: bad options, budget or schedule for this model, or an
             unsupported model, before any compute.
         RuntimeError: the model already has an active handle.
+
+    While the handle is active, calls from several threads run one at a time, and
+    ``copy.deepcopy(model)`` gives a plain, unpruned copy (apply again to prune it).
     """
     existing = getattr(model, _HANDLE_ATTR, None)
     if existing is not None and existing.active:
         raise RuntimeError("model already has an active visiondrop handle; call handle.remove() first")
     adapter, pruning, runtime, resolved = _planned(model, method, budget, schedule, options)
     handle = PruningHandle(model, adapter, pruning, resolved)
-    handle._hooks = adapter.install(runtime, resolved, getattr(pruning.config, "positions", "reindex"))
-    setattr(model, _HANDLE_ATTR, handle)
+    lock = CallLock()
+    hooks = adapter.install(runtime, resolved, getattr(pruning.config, "positions", "reindex"))
+    hooks += [guard_generate(model, lock), *serialize_calls(model, lock),
+              InstanceAttribute(model, _HANDLE_ATTR, handle)]
+    hooks.append(plain_deepcopy(model, hooks, lock))  # the copy is made without every entry of ``hooks``
+    handle._hooks = hooks
     return handle

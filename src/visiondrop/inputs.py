@@ -59,7 +59,7 @@ def load_frames(path: str, frames: int) -> np.ndarray:
             raise InputError("--video", f"frames in {path!r} differ in size")
         return np.stack(images)
     if source.suffix == ".npy" and source.is_file():
-        array = np.load(source)
+        array = _load_npy(path)
         if array.ndim != 4 or array.shape[-1] != 3 or array.dtype != np.uint8:
             raise InputError("--video", f"{path!r} must hold a uint8 array (frames, height, width, 3), "
                              f"got {array.dtype} {tuple(array.shape)}")
@@ -67,6 +67,20 @@ def load_frames(path: str, frames: int) -> np.ndarray:
             raise InputError("--video", f"{path!r} holds {array.shape[0]} frames; the model takes {frames}")
         return array[np.linspace(0, array.shape[0] - 1, frames).round().astype(int)]
     raise InputError("--video", f"{path!r} is neither a folder of frame images nor a .npy file")
+
+
+def _load_npy(path: str) -> np.ndarray:
+    """The array of a ``.npy`` file; one numpy cannot read (cut off, corrupt, an object
+    array, an ``.npz`` archive) is an :class:`InputError` naming ``--video`` and the file."""
+    try:
+        array = np.load(path, allow_pickle=False)  # unpickling a file can run code: never
+    except (ValueError, OSError, EOFError) as error:
+        reason = (str(error).strip() or type(error).__name__).splitlines()[0]
+        raise InputError("--video", f"{path!r}: cannot read it as a .npy array ({reason})") from None
+    if not isinstance(array, np.ndarray):  # np.load opens an .npz archive whatever the file's name
+        array.close()
+        raise InputError("--video", f"{path!r}: an .npz archive, not a .npy array")
+    return array
 
 
 def video_frames(config) -> int:

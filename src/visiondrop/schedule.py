@@ -13,6 +13,7 @@ preset for B = 32 on a 32-layer LM exactly: encoder (42, 6), then (30, 5), (22, 
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -41,16 +42,26 @@ class StageSpec:
         return f"{self.dominant}+{self.contextual}"
 
 
+def _count(value, name: str) -> int:
+    """``value`` as an int; a float (even 20.0), a bool or text is refused, never truncated."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ValueError(f"{name} must be an int, got {value!r} ({type(value).__name__})")
+    return int(value)
+
+
 def _as_stage(value: StageSpec | Sequence[int] | int, name: str) -> StageSpec:
     if isinstance(value, StageSpec):
-        spec = value
-    elif isinstance(value, int):
-        spec = StageSpec(value, 0)
+        spec = StageSpec(_count(value.dominant, f"{name}.dominant"), _count(value.contextual, f"{name}.contextual"))
+    elif isinstance(value, numbers.Number):
+        spec = StageSpec(_count(value, name), 0)
     else:
-        items = tuple(value)
+        try:
+            items = tuple(value)
+        except TypeError:
+            raise ValueError(f"{name} must be (dominant, contextual), got {value!r}") from None
         if len(items) != 2:
             raise ValueError(f"{name} must be (dominant, contextual), got {value!r}")
-        spec = StageSpec(int(items[0]), int(items[1]))
+        spec = StageSpec(_count(items[0], f"{name} dominant"), _count(items[1], f"{name} contextual"))
     if spec.dominant < 0:
         raise ValueError(f"{name}: dominant must be >= 0, got {spec.dominant}")
     if spec.contextual < 0:
@@ -83,7 +94,8 @@ class Schedule:
         llm = tuple(_as_stage(s, f"schedule.llm[{i}]") for i, s in enumerate(self.llm))
         object.__setattr__(self, "llm", llm)
         if self.layers is not None:
-            object.__setattr__(self, "layers", tuple(int(x) for x in self.layers))
+            layers = (self.layers,) if isinstance(self.layers, numbers.Number) else self.layers
+            object.__setattr__(self, "layers", tuple(_count(x, f"schedule.layers[{i}]") for i, x in enumerate(layers)))
 
     def resolved_layers(self, num_layers: int) -> tuple[int, ...]:
         """The stage layers for an LM of ``num_layers`` decoder layers, validated.

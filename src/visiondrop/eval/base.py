@@ -17,8 +17,9 @@ from typing import Any
 
 
 class DataFormatError(ValueError):
-    """A benchmark file is missing, malformed or not the format it should be; the message
-    names the file (and the line or key) and what was expected."""
+    """A benchmark file (or a predictions file or its sidecar) is missing, malformed or not
+    the format it should be; the message names the file (and the line or key) and what was
+    expected."""
 
 
 @dataclass

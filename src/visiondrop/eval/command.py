@@ -87,9 +87,9 @@ def _run(args) -> int:
     if args.dataset == "list":
         print("\n".join(sorted(DATASETS)))
         return 0
+    options = _method_options(args.method, _pairs(args.option, "--option"))
     shard, out, local = _shard_and_out(args.shard, args.out)
     dataset = load_dataset(args.dataset, **_pairs(args.data, "--data"))
-    options = _pairs(args.option, "--option")
     budget = None if args.budget == "full" else int(args.budget) if args.budget.isdigit() else None
     if budget is None and args.budget != "full":
         raise ValueError(f"--budget: an integer or 'full', got {args.budget!r}")
@@ -103,6 +103,25 @@ def _run(args) -> int:
     path = run(model, processor, dataset, out, shard, args.batch_size, args.limit, template, run_info=info)
     print(f"wrote {path}")
     return 0
+
+
+def _method_options(method: str, pairs: dict[str, str]) -> dict:
+    """``--option`` values typed by ``--method``'s config, checked before any model loads."""
+    from ..methods import get_method
+    from ..methods.options import parse_method_options
+    from ..models import model_options
+
+    try:
+        get_method(method)
+    except ValueError as error:
+        raise ValueError(f"--method: {error}") from None
+    for name in ("budget", "schedule"):
+        if name in pairs:
+            raise ValueError(f"--option: {name} is not an option here; give the budget with --budget")
+    try:
+        return parse_method_options(method, pairs, model_options())
+    except ValueError as error:
+        raise ValueError(f"--option: {error}") from None
 
 
 def _shard_and_out(text: str, out: str) -> tuple[tuple[int, int], str, int]:

@@ -18,7 +18,7 @@ import csv
 import json
 from pathlib import Path
 
-from .harness import read_meta, read_records
+from .harness import read_meta, read_records, refuse_repeats
 from .scorers import normalize_vqa_answer
 
 
@@ -39,6 +39,7 @@ def export(predictions: str | Path, out: str | Path) -> Path:
     if meta["shard"] != [0, 1] or len(records) != meta["total"]:
         raise ValueError(f"{predictions}: incomplete ({len(records)} of {meta['total']}, shard "
                          f"{meta['shard'][0]}/{meta['shard'][1]}); merge and finish the run first")
+    refuse_repeats(Path(predictions), records, {})
     kind = _kind(meta)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)

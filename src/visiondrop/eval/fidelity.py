@@ -234,8 +234,13 @@ def check_arguments(model, methods: Iterable[str] | str | None = None, budgets: 
 
 def parse_method(spec: str) -> tuple[str, dict]:
     """``"name"`` or ``"name[key=value;key=value]"`` -> ``(name, options)``; values
-    are read as int, float, true/false or else kept as strings."""
+    are typed by the method's config (:mod:`visiondrop.methods.options`)."""
+    from visiondrop.methods import available_methods
+    from visiondrop.methods.options import parse_method_options
+    from visiondrop.models import model_options
+
     name, _, rest = spec.partition("[")
+    name = name.strip()
     options: dict = {}
     if rest:
         if not rest.endswith("]"):
@@ -244,19 +249,13 @@ def parse_method(spec: str) -> tuple[str, dict]:
             key, eq, value = pair.partition("=")
             if not eq or not key.strip():
                 raise FidelityConfigError("methods", f"{spec!r}: option {pair!r} is not key=value")
-            options[key.strip()] = _option_value(value.strip())
-    return name.strip(), options
-
-
-def _option_value(text: str):
-    if text.lower() in ("true", "false"):
-        return text.lower() == "true"
-    for cast in (int, float):
-        try:
-            return cast(text)
-        except ValueError:
-            pass
-    return text
+            options[key.strip()] = value.strip()
+    if name not in available_methods():
+        return name, options  # the caller names the unknown method
+    try:
+        return name, parse_method_options(name, options, model_options())
+    except ValueError as error:
+        raise FidelityConfigError("methods", f"{spec!r}: {error}") from None
 
 
 def normalize_methods(methods: Iterable[str] | str | None) -> list[str]:

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from .base import Dataset, Sample, record
+from .base import DataFormatError, Dataset, Sample, record
 
 LLAVA_V1_SYSTEM = ("A chat between a curious human and an artificial intelligence assistant. "
                    "The assistant gives helpful, detailed, and polite answers to the human's questions.")
@@ -68,24 +68,55 @@ def shard_of(samples: Sequence[Sample], shard: tuple[int, int]) -> list[tuple[in
     return [(position, sample) for position, sample in enumerate(samples) if position % count == index]
 
 
-def read_records(path: str | Path) -> list[dict]:
-    """The records of a predictions file; a cut-off last line (an interrupted write) is
-    dropped, a malformed line elsewhere is an error naming the line."""
+#: what run-resume, merge, score, export and judge read from a prediction record
+#: (:func:`~visiondrop.eval.base.record` and the dataset position), with its JSON type
+RECORD_FIELDS = {"id": str, "prediction": str, "reference": object, "meta": dict, "prompt": str, "position": int}
+#: what they read from a sidecar (``<file>.meta.json``); "template" and "run" only merge compares
+META_FIELDS = {"dataset": str, "scorer": (str, type(None)), "total": int, "shard": list, "owned": int}
+_JSON_TYPES = {str: "a string", int: "an integer", float: "a number", bool: "a boolean", dict: "an object",
+               list: "a list", type(None): "null", object: "any value"}
+
+
+def _parse(where: str, raw: bytes):
+    """``raw`` decoded strictly and parsed; a bad byte or bad JSON is an error naming ``where``."""
+    try:
+        return json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as error:
+        raise DataFormatError(f"{where}: not UTF-8 (byte {error.start}: {error.reason}); the file is damaged"
+                              ) from None
+    except json.JSONDecodeError as error:
+        raise DataFormatError(f"{where}: not JSON ({error.msg}, column {error.colno}); the file is damaged"
+                              ) from None
+
+
+def _check_fields(where: str, value, fields: dict) -> dict:
+    """``value`` itself, if it is a JSON object with every key of ``fields`` of its type;
+    else an error naming ``where`` and the key, so no reader fails later on a KeyError."""
+    if not isinstance(value, dict):
+        raise DataFormatError(f"{where}: expected a JSON object, got {_JSON_TYPES[type(value)]}")
+    for key, kinds in fields.items():
+        kinds = kinds if isinstance(kinds, tuple) else (kinds,)
+        if key not in value:
+            raise DataFormatError(f"{where}: no {key!r} key")
+        # JSON true/false are Python ints: an integer field refuses them
+        if not isinstance(value[key], kinds) or (isinstance(value[key], bool) and bool not in kinds):
+            raise DataFormatError(f"{where}: {key!r} must be {' or '.join(_JSON_TYPES[k] for k in kinds)}, "
+                                  f"got {_JSON_TYPES[type(value[key])]}")
+    return value
+
+
+def read_records(path: str | Path, fields: dict = RECORD_FIELDS) -> list[dict]:
+    """The records of a predictions file (each checked to have ``fields``); a cut-off last
+    line (an interrupted write) is dropped, a malformed line elsewhere is an error naming
+    the file and line."""
     path = Path(path)
     if not path.is_file():
         return []
-    lines = path.read_text(encoding="utf-8").splitlines()
-    records = []
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            if number == len(lines):
-                break  # the run was stopped mid-write: this sample is answered again
-            raise ValueError(f"{path}:{number}: not a JSON line; the predictions file is damaged") from None
-    return records
+    # bytes, not text: a write cut inside a multi-byte character must not fail the decoding
+    # of the whole file; what follows the last newline is the cut line (or nothing)
+    lines = path.read_bytes().split(b"\n")[:-1]
+    return [_check_fields(f"{path}:{number}", _parse(f"{path}:{number}", line), fields)
+            for number, line in enumerate(lines, 1) if line.strip()]
 
 
 def _sidecar(path: Path) -> Path:
@@ -96,7 +127,10 @@ def read_meta(path: str | Path) -> dict:
     side = _sidecar(Path(path))
     if not side.is_file():
         raise ValueError(f"{path}: no {side.name} beside it; predictions files are written by `visiondrop eval run`")
-    return json.loads(side.read_text())
+    meta = _check_fields(str(side), _parse(str(side), side.read_bytes()), META_FIELDS)
+    if len(meta["shard"]) != 2 or not all(type(part) is int for part in meta["shard"]):
+        raise DataFormatError(f"{side}: 'shard' must be [i, N], got {meta['shard']!r}")
+    return meta
 
 
 # ------------------------------------------------------------------ answering
@@ -170,13 +204,13 @@ def run(model, processor, dataset: Dataset, out: str | Path, shard: tuple[int, i
             "owned": len(mine), "template": template, "run": run_info or {}}
     side = _sidecar(out)
     if side.is_file():
-        before = json.loads(side.read_text())
+        before = read_meta(out)
         if before != meta:
             raise ValueError(f"{out}: it holds predictions of another run ({before}); use a new --out")
     side.write_text(json.dumps(meta, indent=1))
 
     done = {r["id"] for r in read_records(out)}
-    _truncate_partial_line(out)
+    truncate_partial_line(out)
     todo = [(position, sample) for position, sample in mine if sample.id not in done]
     bar = tqdm(total=len(mine), initial=len(mine) - len(todo), desc=f"{dataset.name} {shard[0]}/{shard[1]}",
                disable=not progress, unit="q")
@@ -195,7 +229,7 @@ def run(model, processor, dataset: Dataset, out: str | Path, shard: tuple[int, i
     return out
 
 
-def _truncate_partial_line(path: Path) -> None:
+def truncate_partial_line(path: Path) -> None:
     """Drop a cut-off last line so appended records start on a line of their own."""
     if not path.is_file():
         return
@@ -215,8 +249,8 @@ def merge(paths: Iterable[str | Path], out: str | Path) -> Path:
     first = metas[0]
     for path, meta in zip(paths, metas):
         for key in ("dataset", "total", "template", "run"):
-            if meta[key] != first[key]:
-                raise ValueError(f"{path}: {key} {meta[key]!r} differs from {paths[0]}'s {first[key]!r}; "
+            if meta.get(key) != first.get(key):
+                raise ValueError(f"{path}: {key} {meta.get(key)!r} differs from {paths[0]}'s {first.get(key)!r}; "
                                  "these shards are not one run")
     count = first["shard"][1]
     shards = sorted(meta["shard"][0] for meta in metas)
@@ -228,10 +262,7 @@ def merge(paths: Iterable[str | Path], out: str | Path) -> Path:
         if len(rows) != meta["owned"]:
             raise ValueError(f"{path}: {len(rows)} of its {meta['owned']} samples answered; "
                              "finish it (rerun the same command resumes)")
-        for row in rows:
-            if row["id"] in seen:
-                raise ValueError(f"{path}: sample {row['id']!r} is also in {seen[row['id']]}")
-            seen[row["id"]] = path
+        refuse_repeats(path, rows, seen)
         records += rows
     if len(records) != first["total"]:
         raise ValueError(f"merge: {len(records)} records for {first['total']} samples")
@@ -243,14 +274,25 @@ def merge(paths: Iterable[str | Path], out: str | Path) -> Path:
     return out
 
 
+def refuse_repeats(path: Path, rows: list[dict], seen: dict) -> None:
+    """Add ``rows``' ids to ``seen`` (id -> file); an id already there is an error naming
+    it: a repeated id with one missing would pass a count of the records."""
+    for row in rows:
+        if row["id"] in seen:
+            where = "appears twice" if seen[row["id"]] == path else f"is also in {seen[row['id']]}"
+            raise ValueError(f"{path}: sample {row['id']!r} {where}")
+        seen[row["id"]] = path
+
+
 def score(path: str | Path) -> dict:
-    """The dataset's official metrics for a complete predictions file."""
+    """The dataset's official metrics for a complete predictions file (every id once)."""
     from .scorers import SCORERS
 
     meta = read_meta(path)
     records = read_records(path)
     if meta["shard"] != [0, 1]:
         raise ValueError(f"{path}: shard {meta['shard'][0]}/{meta['shard'][1]} only; merge the shards first")
+    refuse_repeats(Path(path), records, {})
     if len(records) != meta["total"]:
         raise ValueError(f"{path}: {len(records)} of {meta['total']} samples answered; finish the run first")
     scorer = meta["scorer"]

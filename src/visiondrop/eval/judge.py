@@ -36,6 +36,10 @@ USER = (
 )
 
 
+#: what a resumed judge reads from its verdicts file (a prediction record's fields do not apply)
+VERDICT_FIELDS = {"id": str, "verdict": (dict, type(None))}
+
+
 def judge_messages(question: str, answer: str, prediction: str) -> list[dict]:
     return [{"role": "system", "content": SYSTEM},
             {"role": "user", "content": USER.format(question=question, answer=answer, pred=prediction)}]
@@ -81,10 +85,11 @@ def judge(records: Sequence[dict], chat: Callable[[list], str], out: str | Path,
     score over judged records, and how many replies could not be parsed."""
     from tqdm.auto import tqdm
 
-    from .harness import read_records
+    from .harness import read_records, truncate_partial_line
 
     out = Path(out)
-    done = {row["id"]: row for row in read_records(out)}
+    done = {row["id"]: row for row in read_records(out, VERDICT_FIELDS)}
+    truncate_partial_line(out)  # a verdict cut by an interrupted run is asked again
     with out.open("a", encoding="utf-8") as stream:
         for row in tqdm(records, desc="judging", disable=not progress):
             if row["id"] in done:

@@ -32,15 +32,13 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import inspect
-import json
-import re
 from dataclasses import dataclass, field
-from fractions import Fraction
 from typing import Any
 
 from ..api import apply, plan
 from ..methods import available_methods, get_method
-from ..models import ADAPTERS
+from ..methods.options import parse_option, parse_schedule, strip_text
+from ..models import model_options
 from ..schedule import Schedule
 
 INSTALL_HINT = "pip install visiondrop[lmms]"
@@ -128,7 +126,7 @@ class PruningArgs:
         """Type and check lmms-eval's values (strings, or what its parser made of them:
         ints, floats, bools). ``base_args`` (the base class's arguments) only enrich the
         message for an unknown name. Raises ValueError naming the argument."""
-        method = _strip(method) if isinstance(method, str) else method
+        method = strip_text(method) if isinstance(method, str) else method
         methods = available_methods()
         if not isinstance(method, str) or (method != NO_PRUNING and method not in methods):
             raise ValueError(f"method: unknown pruning method {method!r}; available: "
@@ -142,18 +140,18 @@ class PruningArgs:
             return cls(method=NO_PRUNING)
 
         types = {f.name: f.type for f in dataclasses.fields(get_method(method).Config)}
-        adapter_options = {name: allowed for adapter in ADAPTERS for name, allowed in adapter.options.items()}
+        adapter_options = model_options()
         typed = {}
         for name, value in options.items():
             if name in types and name not in ("budget", "schedule"):
-                typed[name] = _coerce(name, value, str(types[name]))
+                typed[name] = parse_option(name, value, str(types[name]))
             elif name in adapter_options:
-                typed[name] = _strip(value) if isinstance(value, str) else value
+                typed[name] = strip_text(value) if isinstance(value, str) else value
             else:
                 raise ValueError(_unknown_argument(name, method, types, adapter_options, base_args))
 
-        budget = None if budget is None else _coerce("budget", budget, "int | None")
-        schedule = None if schedule is None else _schedule(schedule)
+        budget = None if budget is None else parse_option("budget", budget, "int | None")
+        schedule = None if schedule is None else parse_schedule(schedule)
         if budget is not None and budget < 1:
             raise ValueError(f"budget: must be a positive number of visual tokens per image, got {budget}")
         if budget is None and schedule is None:
@@ -176,104 +174,6 @@ class PruningArgs:
         if not self.prunes:
             return None
         return apply(model, self.method, budget=self.budget, schedule=self.schedule, **self.options)
-
-
-def _strip(text: str) -> str:
-    """A value as typed, without surrounding whitespace or one pair of quotes."""
-    text = text.strip()
-    if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":
-        text = text[1:-1].strip()
-    return text
-
-
-_INT = re.compile(r"[+-]?\d+")
-
-
-def _coerce(name: str, value: Any, annotation: str) -> Any:
-    """``value`` as the type of a config field annotated ``annotation`` (a string: the
-    method modules use ``from __future__ import annotations``)."""
-    optional = "None" in annotation
-    kind = annotation.replace("| None", "").replace("None |", "").strip()
-    text = _strip(value) if isinstance(value, str) else None
-    if value is None or (optional and text is not None and text.lower() in ("none", "null")):
-        if optional:
-            return None
-        raise ValueError(f"{name}: a value is required, got {value!r}")
-    if kind == "bool":
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, int) and value in (0, 1):
-            return bool(value)
-        if text is not None and text.lower() in ("true", "false", "yes", "no"):
-            return text.lower() in ("true", "yes")
-        raise ValueError(f"{name}: expected true or false, got {value!r}")
-    if kind == "int":
-        if isinstance(value, bool):
-            raise ValueError(f"{name}: expected an integer, got {value!r}")
-        if isinstance(value, int):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if text is not None and _INT.fullmatch(text):
-            return int(text)
-        raise ValueError(f"{name}: expected an integer, got {value!r}")
-    if kind == "float":
-        if isinstance(value, bool):
-            raise ValueError(f"{name}: expected a number, got {value!r}")
-        if isinstance(value, (int, float)):
-            return float(value)
-        try:
-            return float(Fraction(text))  # "0.125" or "1/8"
-        except (TypeError, ValueError, ZeroDivisionError):
-            raise ValueError(f"{name}: expected a number (e.g. 0.125 or 1/8), got {value!r}") from None
-    if kind.startswith("tuple[int"):
-        return _int_tuple(name, value)
-    if kind == "str":
-        return text if text is not None else str(value)
-    return value
-
-
-def _int_tuple(name: str, value: Any) -> tuple[int, ...]:
-    """``[8,16,24]``, ``8;16;24``, ``8 16 24`` (or a list, or one int) as ``(8, 16, 24)``."""
-    hint = f"expected integers, as {name}=[8,16,24] or {name}=8;16;24"
-    if isinstance(value, bool):
-        raise ValueError(f"{name}: {hint}; got {value!r}")
-    if isinstance(value, int):
-        return (value,)
-    if isinstance(value, (list, tuple)):
-        items = [str(item) for item in value]
-    elif isinstance(value, str):
-        text = _strip(value)
-        if text[:1] in "[(" and text[-1:] in "])":
-            text = text[1:-1]
-        items = [item for item in re.split(r"[,;\s]+", text) if item]
-    else:
-        raise ValueError(f"{name}: {hint}; got {value!r}")
-    if not items or not all(_INT.fullmatch(item) for item in items):
-        raise ValueError(f"{name}: {hint}; got {value!r}")
-    return tuple(int(item) for item in items)
-
-
-def _schedule(value: Any) -> Schedule:
-    """``schedule=`` as a :class:`Schedule`: one already, a dict, or JSON with keys
-    ``encoder`` ([dominant, contextual] or null), ``llm`` (a list of those), ``layers``."""
-    example = 'e.g. schedule={"encoder":[42,6],"llm":[[30,5],[22,4],[16,3]],"layers":[8,16,24]}'
-    if isinstance(value, Schedule):
-        return value
-    if isinstance(value, str):
-        try:
-            value = json.loads(_strip(value))
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"schedule: not valid JSON ({exc.msg}); {example}") from None
-    if not isinstance(value, dict):
-        raise ValueError(f"schedule: expected a JSON object, got {value!r}; {example}")
-    unknown = sorted(set(value) - {"encoder", "llm", "layers"})
-    if unknown:
-        raise ValueError(f"schedule: unknown key(s) {unknown}; the keys are encoder, llm, layers; {example}")
-    try:
-        return Schedule(encoder=value.get("encoder"), llm=tuple(value.get("llm") or ()), layers=value.get("layers"))
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"schedule: {exc}; {example}") from None
 
 
 def _unknown_argument(name, method, types, adapter_options, base_args) -> str:

@@ -19,6 +19,7 @@ import torch
 from ..core.merging import ContextualMerge
 from ..core.scoring import received_attention_scores
 from ..schedule import Schedule, StageSpec
+from .options import check_option, option_types
 
 MODALITIES = ("image", "video")
 
@@ -172,13 +173,14 @@ class PruningMethod(ABC):
 
     @classmethod
     def from_options(cls, **options) -> PruningMethod:
-        fields = {f.name for f in dataclasses.fields(cls.Config)}
-        unknown = sorted(set(options) - fields)
+        """The method with ``options`` (names and types checked against ``Config``)."""
+        types = option_types(cls.Config)
+        unknown = sorted(set(options) - set(types))
         if unknown:
             raise ValueError(
-                f"unknown option(s) {unknown} for method {cls.name!r}; allowed: {sorted(fields)}"
+                f"unknown option(s) {unknown} for method {cls.name!r}; allowed: {sorted(types)}"
             )
-        return cls(cls.Config(**options))
+        return cls(cls.Config(**{name: check_option(name, value, types[name]) for name, value in options.items()}))
 
     @abstractmethod
     def plan(self, geometry: ModelGeometry) -> Schedule:

@@ -19,6 +19,12 @@ def supported_models() -> list[str]:
     return sorted(name for adapter in ADAPTERS for name in adapter.model_classes)
 
 
+def model_options() -> dict[str, tuple]:
+    """Options of the models rather than the methods (``newline`` of LLaVA-NeXT), with
+    their allowed values, over every adapter."""
+    return {name: allowed for adapter in ADAPTERS for name, allowed in adapter.options.items()}
+
+
 def adapter_for(model: nn.Module) -> ModelAdapter:
     name = type(model).__name__
     for adapter in ADAPTERS:
@@ -27,4 +33,4 @@ def adapter_for(model: nn.Module) -> ModelAdapter:
     raise ValueError(f"model: {name} is not supported; supported model classes: {', '.join(supported_models())}")
 
 
-__all__ = ["ADAPTERS", "ModelAdapter", "adapter_for", "supported_models"]
+__all__ = ["ADAPTERS", "ModelAdapter", "adapter_for", "model_options", "supported_models"]

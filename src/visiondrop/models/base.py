@@ -17,6 +17,7 @@ from ..report import PruningReport
 from ..schedule import Schedule
 from ..timing import machinery
 from .decoder import cache_argument
+from .guards import check_cache
 
 
 @dataclass(frozen=True)
@@ -88,6 +89,12 @@ class ForwardHooks:
         cache = cache_argument(kwargs)
         if cache is not None and cache.get_seq_length() > 0:
             return self._decode_step(kwargs, cache)
+        check_cache(cache)
+        if not kwargs.get("mm_encoder_outputs"):
+            # Media encoded for this call runs after this hook; without any, nothing an
+            # earlier call's encoder pass left may stand for this call's images.
+            # (generate() may encode once and pass the outputs to every step.)
+            self.reset()
         return self._prefill(kwargs, cache)
 
     def _decode_tail(self, kwargs, cache, media_token_ids, what: str):

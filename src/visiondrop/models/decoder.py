@@ -302,6 +302,12 @@ class DecoderPruner:
             return args, kwargs
         self._finish_entry(session)
         kwargs["position_ids"] = self.rule.rope_ids(session.layout.positions)
+        use_cache = kwargs.get("use_cache")
+        use_cache = getattr(self.lm.config, "use_cache", True) if use_cache is None else use_cache
+        if kwargs.get("attention_mask") is None and cache_argument(kwargs) is None and not use_cache:
+            # transformers >= 5.25 reads position ids that are not consecutive ("keep"
+            # positions) as packed sequences when given no mask and no cache
+            kwargs["attention_mask"] = session.layout.mask
         return args, kwargs
 
     def _lm_post_hook(self, module, args, output):

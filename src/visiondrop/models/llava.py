@@ -16,7 +16,6 @@ before prefill and never pass ``pixel_values`` to the forward).
 
 from __future__ import annotations
 
-import functools
 import inspect
 
 import numpy as np
@@ -52,37 +51,6 @@ def find_segments(flags: torch.Tensor, unit: int, what: str = "image") -> list[S
                              f"the {unit} tokens per {what} this model uses")
         segments.extend(Segment(row, start, unit) for start in range(col, end, unit))
     return segments
-
-
-class _InstanceAttribute:
-    """An attribute set on one model object, removed like a hook handle."""
-
-    def __init__(self, obj, name: str, value) -> None:
-        self.obj, self.name = obj, name
-        setattr(obj, name, value)
-
-    def remove(self) -> None:
-        if self.name in vars(self.obj):
-            delattr(self.obj, self.name)
-
-
-def _guard_generate(model) -> _InstanceAttribute:
-    """Refuse beam search and several sequences per prompt, on this model instance only:
-    transformers splits pre-encoded image features by placeholder count (576 per image)
-    before the forward pass, which pruned features cannot match."""
-    original = type(model).generate.__get__(model)
-
-    @functools.wraps(original)
-    def generate(*args, **kwargs):
-        config = kwargs.get("generation_config") or model.generation_config
-        for name in ("num_beams", "num_return_sequences"):
-            value = kwargs.get(name, getattr(config, name, 1)) or 1
-            if value > 1:
-                raise ValueError(f"{name}={value}: beam search and several sequences per prompt are not "
-                                 "supported with pruning yet; use greedy or sampling with one sequence")
-        return original(*args, **kwargs)
-
-    return _InstanceAttribute(model, "generate", generate)
 
 
 class LlavaAdapter(ForwardHooks, ModelAdapter):
@@ -157,7 +125,6 @@ class LlavaAdapter(ForwardHooks, ModelAdapter):
                 self.base.multi_modal_projector.register_forward_pre_hook(self._projector_pre_hook),
             ]
         handles += self.pruner.register()
-        handles.append(_guard_generate(self.model))
         return handles
 
     def reset(self) -> None:
@@ -298,7 +265,8 @@ class LlavaAdapter(ForwardHooks, ModelAdapter):
             return patches.expand(len(segments), -1), self.patch_offset
         if self._pending is None or self._pending[2].shape[0] != len(segments):
             seen = 0 if self._pending is None else self._pending[2].shape[0]
-            raise RuntimeError(f"visiondrop: {len(segments)} images in input_ids but the encoder stage saw {seen}")
+            raise RuntimeError(f"visiondrop: {len(segments)} images in input_ids but this call's encoder stage "
+                               f"saw {seen} (pass each image's pixel_values with its placeholders)")
         reduction, encoder_patches, out_patches = self._pending
         spec = self.schedule.encoder
         record = StageRecord("encoder", None, encoder_patches.shape[1], spec.dominant, spec.contextual)

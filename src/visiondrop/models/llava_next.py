@@ -35,7 +35,8 @@ from ..report import SegmentRecord, StageRecord
 from ..schedule import Schedule, scale_stages
 from ..timing import machinery
 from .base import ImageCounts, plan_per_unit
-from .llava import LlavaAdapter, _InstanceAttribute, placeholder_runs
+from .guards import InstanceAttribute
+from .llava import LlavaAdapter, placeholder_runs
 
 NEWLINE = -2
 
@@ -69,7 +70,7 @@ class LlavaNextAdapter(LlavaAdapter):
         handles = super().install(method, schedule, positions)
         original = type(self.base).pack_image_features.__get__(self.base)
         self._original_pack = original
-        handles.append(_InstanceAttribute(self.base, "pack_image_features", self._pack_image_features))
+        handles.append(InstanceAttribute(self.base, "pack_image_features", self._pack_image_features))
         return handles
 
     # ------------------------------------------------------------ image sizes

@@ -73,7 +73,8 @@ from ..core.layout import Segment
 from ..methods.base import PruningMethod
 from ..schedule import Schedule
 from .base import plan_per_unit
-from .llava import LlavaAdapter, _InstanceAttribute, find_segments
+from .guards import InstanceAttribute
+from .llava import LlavaAdapter, find_segments
 from .llava_next import NEWLINE, LlavaNextAdapter
 
 BLENDED = -3  # a token of a bilinearly downsized tile grid: a blend of several patches
@@ -136,7 +137,7 @@ class LlavaOnevisionAdapter(LlavaNextAdapter):
             self._frames = pixels.shape[1]
             return original(*args, **kwargs)
 
-        handles.append(_InstanceAttribute(self.base, "get_video_features", get_video_features))
+        handles.append(InstanceAttribute(self.base, "get_video_features", get_video_features))
         return handles
 
     def _check_video_supported(self) -> None:

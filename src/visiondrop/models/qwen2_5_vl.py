@@ -81,7 +81,8 @@ from ..report import PruningReport, SegmentRecord, StageRecord
 from ..schedule import Schedule, StageSpec
 from .base import ForwardHooks, ModelAdapter
 from .decoder import DecoderPruner, MultimodalPositionRule, Session, last_token_positions
-from .llava import _guard_generate, _InstanceAttribute, placeholder_runs
+from .guards import InstanceAttribute
+from .llava import placeholder_runs
 
 MODALITIES = ("image", "video")
 REFUSED = {
@@ -206,7 +207,6 @@ class Qwen2_5_VLAdapter(ForwardHooks, ModelAdapter):
             handles.append(self.score_block.register_forward_pre_hook(self._score_pre_hook, with_kwargs=True))
             handles += [self._wrap_features(modality) for modality in MODALITIES]
         handles += self.pruner.register()
-        handles.append(_guard_generate(self.model))
         return handles
 
     def reset(self) -> None:
@@ -231,7 +231,7 @@ class Qwen2_5_VLAdapter(ForwardHooks, ModelAdapter):
         self._stash["vision"] = (scores.view(-1, unit).sum(dim=1), metric.view(-1, unit, metric.shape[-1]).mean(dim=1))
         return None
 
-    def _wrap_features(self, modality: str) -> _InstanceAttribute:
+    def _wrap_features(self, modality: str) -> InstanceAttribute:
         """``get_{modality}_features`` on this instance: the original, then each image's
         encoder stage. ``functools.wraps`` keeps the signature ``generate()`` inspects."""
         name = f"get_{modality}_features"
@@ -245,7 +245,7 @@ class Qwen2_5_VLAdapter(ForwardHooks, ModelAdapter):
             self._reduce_features(modality, output, grid)
             return output
 
-        return _InstanceAttribute(self.base, name, get_features)
+        return InstanceAttribute(self.base, name, get_features)
 
     def _reduce_features(self, modality: str, output, grid: torch.Tensor) -> None:
         if not hasattr(output, "pooler_output") or "vision" not in self._stash:

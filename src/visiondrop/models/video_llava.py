@@ -45,7 +45,7 @@ from ..report import SegmentRecord, StageRecord
 from ..schedule import BudgetInfeasible, Schedule
 from .base import ModelAdapter, plan_per_unit
 from .decoder import DecoderPruner
-from .llava import LlavaAdapter, _guard_generate, find_segments
+from .llava import LlavaAdapter, find_segments
 
 MODALITIES = ("image", "video")
 
@@ -171,7 +171,6 @@ class VideoLlavaAdapter(LlavaAdapter):
                 ]
             handles.append(self.base.multi_modal_projector.register_forward_pre_hook(self._projector_pre_hook))
         handles += self.pruner.register()
-        handles.append(_guard_generate(self.model))
         return handles
 
     def reset(self) -> None:
@@ -277,7 +276,8 @@ class VideoLlavaAdapter(LlavaAdapter):
             seen = self._pending[modality][2].shape[0] if modality in self._pending else 0
             if needed and seen != needed:
                 what = "images" if modality == "image" else "video frames"
-                raise RuntimeError(f"visiondrop: {needed} {what} in input_ids but the encoder stage saw {seen}")
+                raise RuntimeError(f"visiondrop: {needed} {what} in input_ids but this call's encoder stage saw {seen} "
+                                   "(pass their pixel values with their placeholders)")
         specs = [s for s, m in ((self.schedule.encoder, "image"), (self.video_schedule.encoder, "video"))
                  if counts[m]]
         record = StageRecord("encoder", None, self.encoder_tokens, max(s.dominant for s in specs),
