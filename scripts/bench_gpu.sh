@@ -3,6 +3,7 @@
 #   bash scripts/bench_gpu.sh llava-1.5-7b   # budget 64, batches 8 and 32
 #   bash scripts/bench_gpu.sh llava-next-7b  # budget 320, batch 8 (32 would not fit a KV cache in 80 GB)
 #   bash scripts/bench_gpu.sh llava-1.5-7b-graph  # captured prefills: batch-1 TTFT (visiondrop.capture)
+#   bash scripts/bench_gpu.sh generate  # model.generate() by wall clock, both models (bench --mode generate)
 set -euo pipefail
 export PYTHONPATH=src PYTHONUNBUFFERED=1
 OUT=${OUT:-bench-results}
@@ -16,6 +17,13 @@ case "${1:-llava-1.5-7b}" in
   llava-1.5-7b-graph)
     python3 scripts/capture_check.py || echo "capture_check: see the failures above"
     python3 -m visiondrop.cli bench --config llava-1.5-7b --budget 64 --mode graph --repeats 30 --warmup 3 \
+      --out "$OUT" ;;
+  generate)  # issue 19: the user's own model.generate(), LLaVA-1.5 B=64 and LLaVA-NeXT B=320
+    python3 -m visiondrop.cli bench --config llava-1.5-7b --budget 64 --mode generate \
+      --methods visiondrop,visionzip,fastv --generate-batches 1,16 --generate-tokens 1,64 --repeats 6 --warmup 1 \
+      --out "$OUT"
+    python3 -m visiondrop.cli bench --config llava-next-7b --budget 320 --mode generate \
+      --methods visiondrop,visionzip,fastv --generate-batches 1,4 --generate-tokens 1 --repeats 8 --warmup 2 \
       --out "$OUT" ;;
   *) echo "unknown model $1" >&2; exit 2 ;;
 esac

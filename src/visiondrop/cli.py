@@ -70,9 +70,13 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--dtype", choices=("bfloat16", "float16", "float32"), default="bfloat16")
     bench.add_argument("--attn", default="sdpa")
     bench.add_argument("--device", default=None, help="default: cuda if available")
-    bench.add_argument("--mode", choices=("eager", "graph", "both", "data-parallel"), default="eager",
+    bench.add_argument("--generate-batches", default="1,16", help="generate mode: batch sizes")
+    bench.add_argument("--generate-tokens", default="1,64", help="generate mode: max_new_tokens of each call")
+    bench.add_argument("--mode", choices=("eager", "graph", "both", "generate", "data-parallel"), default="eager",
                        help="eager: every figure, eager prefills; graph: batch-1 TTFT and prefill + N tokens "
                             "with the prefill captured as a CUDA graph (LLaVA-1.5; visiondrop.capture); "
+                            "generate: the user's own model.generate() by wall clock at each batch and token "
+                            "count, with each prefill's operation and launch counts; "
                             "data-parallel: prefill throughput of the processes torchrun or accelerate launch "
                             "started, one model each (docs/multi-gpu.md)")
     bench.add_argument("--steps", type=int, default=2,
@@ -239,7 +243,7 @@ def bench(args: argparse.Namespace) -> int:
         if unknown:
             raise _BadArgument("--methods", f"unknown {unknown}; available: {sorted(visiondrop.available_methods())}")
         batches = {}
-        for option in ("throughput_batches", "decode_batches"):
+        for option in ("throughput_batches", "decode_batches", "generate_batches", "generate_tokens"):
             text = getattr(args, option)
             batches[option] = tuple(_positive_int("--" + option.replace("_", "-"), v) for v in text.split(",") if v)
         device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -251,15 +255,16 @@ def bench(args: argparse.Namespace) -> int:
         return 2
     if args.mode == "data-parallel":
         return _bench_data_parallel(config, args)
-    from .bench import captured
+    from .bench import captured, generate
 
-    runs = {"eager": [latency], "graph": [captured], "both": [latency, captured]}[args.mode]
+    runs = {"eager": [latency], "graph": [captured], "both": [latency, captured], "generate": [generate]}[args.mode]
     model = None
     for tool in runs:
         try:
             if model is None:
                 model = latency.build_model(config.model, config.dtype, config.device, config.attn)
-            result = tool.run_captured(config, model) if tool is captured else tool.run_bench(config, model)
+            result = {captured: captured.run_captured, generate: generate.run_generate}.get(
+                tool, latency.run_bench)(config, model)
         except ValueError as error:  # a budget a method cannot plan, a model graphs do not support
             print(f"visiondrop: {error}", file=sys.stderr)
             return 2

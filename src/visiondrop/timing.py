@@ -11,6 +11,7 @@ call costs one attribute check.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import time
 from contextlib import contextmanager
@@ -59,6 +60,14 @@ def machinery(function):
             finally:
                 RECORDER.spans.append((time.perf_counter() - begin) * 1e3)
     return wrapper
+
+
+def named_range(name: str):
+    """A ``visiondrop::<name>`` profiler range inside a marked hook (one LLM stage, say),
+    while :func:`measure_machinery` is active; otherwise nothing."""
+    if not RECORDER.active:
+        return contextlib.nullcontext()
+    return torch.profiler.record_function(f"visiondrop::{name}")
 
 
 @contextmanager

@@ -51,6 +51,8 @@ class BenchConfig:
     device: str = "cuda"
     ideal: bool = True
     image_size: tuple[int, int] | None = None  # anyres models: the image (H, W); default the largest grid
+    generate_batches: tuple[int, ...] = (1, 16)  # --mode generate: batches of model.generate()
+    generate_tokens: tuple[int, ...] = (1, 64)  # --mode generate: max_new_tokens of each call
 
     def __post_init__(self) -> None:
         for name in ("budget", "repeats", "decode_steps", "new_tokens"):
@@ -58,9 +60,9 @@ class BenchConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.warmup < 0 or self.text_tokens < 1:
             raise ValueError("warmup must be >= 0 and text_tokens >= 1")
-        for name in ("throughput_batches", "decode_batches"):
+        for name in ("throughput_batches", "decode_batches", "generate_batches", "generate_tokens"):
             if any(b < 1 for b in getattr(self, name)):
-                raise ValueError(f"{name}: batch sizes must be >= 1, got {getattr(self, name)}")
+                raise ValueError(f"{name}: every entry must be >= 1, got {getattr(self, name)}")
         if self.dtype not in ("bfloat16", "float16", "float32"):
             raise ValueError(f"dtype must be bfloat16, float16 or float32, got {self.dtype!r}")
 

@@ -34,7 +34,7 @@ from ..core.layout import Segment, host_to_device, plan_compaction
 from ..methods.base import DecoderStage, PruningMethod
 from ..report import PruningReport, SegmentRecord, StageRecord
 from ..schedule import Schedule, StageSpec
-from ..timing import machinery
+from ..timing import machinery, named_range
 
 # transformers 5.24 renamed ``past_key_values`` to ``cache`` in forwards, layers and the mask
 # builders (the old keyword still works there, with a warning); read and pass whichever this has.
@@ -352,7 +352,8 @@ class DecoderPruner:
             # a stage computes where the layer that scores it does (a split model's layers differ)
             score_layer = session.score_input[0] if self.score_offset == -1 else layer
             hidden = self._follow(execution_device(score_layer, hidden), hidden)
-            hidden = self._prune(index, layer, hidden, kwargs)
+            with named_range(f"llm_stage@{index}"):
+                hidden = self._prune(index, layer, hidden, kwargs)
             args = (hidden, *args[1:]) if args else args
             if not args:
                 kwargs["hidden_states"] = hidden

@@ -1,0 +1,201 @@
+"""``visiondrop bench --mode generate``: what the user's own call costs.
+
+Each variant (``full``, every method at the budget through ``visiondrop.apply``, and
+``ideal``: the LM fed only B visual tokens per image) runs ``model.generate(**inputs,
+max_new_tokens=N)`` unchanged, timed by the wall clock around the call (the device
+synchronized before and after), for each batch of ``generate_batches`` and each N of
+``generate_tokens``; rounds interleave the variants (A B C A B C ...) so drift hits all
+alike. Figures: median and quartiles of ``repeats`` after ``warmup``.
+
+Beside the times, the work a batch-1 prefill issues, counted by the profiler: top-level
+operations and kernel launches in all, and those inside the library's hook bodies
+(``@machinery``, :mod:`visiondrop.timing`), per hook: the count the next change to a
+stage is judged by.
+
+On the CPU the same bookkeeping runs (the tests); no timing is asserted there.
+"""
+
+from __future__ import annotations
+
+import collections
+import time
+from dataclasses import asdict
+
+import torch
+
+from .latency import BenchConfig, Figure, build_model, checked_variants, environment, make_inputs
+
+#: the host-side calls that start device work, as the profiler names them
+LAUNCHES = ("cudaLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernel", "cuLaunchKernelEx", "cudaMemcpyAsync",
+            "cudaMemsetAsync", "cudaGraphLaunch")
+
+
+def _wall_ms(device: torch.device, fn) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    begin = time.perf_counter()
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return (time.perf_counter() - begin) * 1e3
+
+
+def case_key(batch: int, tokens: int) -> str:
+    return f"generate_ms@b{batch}_t{tokens}"
+
+
+def case_label(key: str) -> str:
+    batch, tokens = key.removeprefix("generate_ms@b").split("_t")
+    return f"b{batch}, {tokens} new"
+
+
+def run_generate(config: BenchConfig, model=None, progress: bool = True) -> dict:
+    """Every variant's ``generate()`` time at each batch and token count, interleaved, and
+    its batch-1 prefill's operation counts; returns a JSON-able dict."""
+    from tqdm.auto import tqdm
+
+    device = torch.device(config.device)
+    if model is None:
+        model = build_model(config.model, config.dtype, config.device, config.attn)
+    variants = checked_variants(config, model)
+    inputs = {b: make_inputs(model, b, config.text_tokens, config.image_size) for b in config.generate_batches}
+    samples: dict[str, dict[str, list[float]]] = {v.name: {} for v in variants}
+    cases = [(b, n) for b in config.generate_batches for n in config.generate_tokens]
+    rounds = config.warmup + config.repeats
+    with torch.inference_mode():
+        for round_index in tqdm(range(rounds), desc=f"generate {config.model} b{config.budget}",
+                                disable=not progress):
+            for variant in variants:
+                variant.activate(model)
+                try:
+                    for batch, tokens in cases:
+                        ms = _wall_ms(device, lambda v=variant, b=batch, n=tokens: v.generate(model, inputs[b], n))
+                        if round_index >= config.warmup:
+                            samples[variant.name].setdefault(case_key(batch, tokens), []).append(ms)
+                finally:
+                    variant.deactivate()
+        one = inputs.get(1) or make_inputs(model, 1, config.text_tokens, config.image_size)
+        operations = {v.name: _operations(v, model, one, device) for v in variants}
+    figures = {name: {key: asdict(Figure.of(values)) for key, values in by_key.items()}
+               for name, by_key in samples.items()}
+    return {"config": asdict(config), "figures": figures, "operations": operations,
+            "environment": environment(device)}
+
+
+def _operations(variant, model, inputs, device: torch.device) -> dict:
+    """Top-level operations and launches of one batch-1 prefill (after one untimed run),
+    in all and inside each ``visiondrop::`` hook range."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from ..timing import measure_machinery
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    variant.activate(model)
+    try:
+        variant.prefill(model, inputs)
+        with profile(activities=activities) as prof, measure_machinery():  # names the hook ranges
+            variant.prefill(model, inputs)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+    finally:
+        variant.deactivate()
+    return count_operations(prof.events())
+
+
+def count_operations(events) -> dict:
+    """``ops`` (aten operations not called by another), ``launches`` (calls that start
+    device work) and, per ``visiondrop::`` range, the same counted inside it."""
+    def hook_range(event):
+        parent = event.cpu_parent
+        while parent is not None and not parent.name.startswith("visiondrop::"):
+            parent = parent.cpu_parent
+        return None if parent is None else parent.name.removeprefix("visiondrop::")
+
+    counts = {"ops": 0, "launches": 0}
+    per_hook: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
+    for event in events:
+        if event.name.startswith("aten::"):
+            parent = event.cpu_parent
+            if parent is not None and parent.name.startswith("aten::"):
+                continue
+            kind = "ops"
+        elif event.name in LAUNCHES:
+            kind = "launches"
+        else:
+            continue
+        counts[kind] += 1
+        hook = hook_range(event)
+        if hook is not None:
+            per_hook[hook][kind] += 1
+    counts["machinery_ops"] = sum(c["ops"] for c in per_hook.values())
+    counts["machinery_launches"] = sum(c["launches"] for c in per_hook.values())
+    counts["per_hook"] = {name: dict(c) for name, c in sorted(per_hook.items())}
+    return counts
+
+
+# ------------------------------------------------------------------------ output
+def to_markdown(result: dict) -> str:
+    """Times (ms, speed-up over full), then the batch-1 prefill's operation counts."""
+    figures = result["figures"]
+    keys = list(figures["full"])
+    header = ["variant", *map(case_label, keys), "ops b1 (machinery)", "launches b1 (machinery)"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for name, by_key in figures.items():
+        cells = [name]
+        for key in keys:
+            value, full = by_key[key]["median"], figures["full"][key]["median"]
+            cells.append(f"{value:.1f}" if name == "full" else f"{value:.1f} ({full / value:.2f}x)")
+        ops = result["operations"][name]
+        cells.append(f"{ops['ops']} ({ops['machinery_ops']})")
+        cells.append(f"{ops['launches']} ({ops['machinery_launches']})" if ops["launches"] else "n/a (CPU)")
+        lines.append("| " + " | ".join(cells) + " |")
+    env, config = result["environment"], result["config"]
+    lines += ["", f"`model.generate(**inputs, max_new_tokens=N)` wall clock, ms; {config['model']}, budget "
+              f"{config['budget']}, {config['text_tokens']} text tokens, {config['dtype']}, {config['attn']}; median "
+              f"of {config['repeats']} interleaved repeats after {config['warmup']} warm-up; "
+              f"{env.get('gpu', env['device'])}, torch {env['torch']}, transformers {env['transformers']}, "
+              f"{env['date']}. (x): speed-up over full. ops / launches: one batch-1 prefill, in all "
+              "(inside the library's hooks)."]
+    per_hook = {name: ops["per_hook"] for name, ops in result["operations"].items() if ops["per_hook"]}
+    if per_hook:
+        lines += ["", "| variant | hook | ops | launches |", "|---|---|---|---|"]
+        for name, hooks in per_hook.items():
+            for hook, counts in hooks.items():
+                lines.append(f"| {name} | `{hook}` | {counts.get('ops', 0)} | {counts.get('launches', 0)} |")
+    return "\n".join(lines)
+
+
+def plot(result: dict, path) -> None:
+    """One panel per case: each variant's speed-up over ``full`` (interquartile bars)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figures = result["figures"]
+    keys = list(figures["full"])
+    names = [n for n in figures if n != "full"]
+    fig, axes = plt.subplots(1, len(keys), figsize=(3.0 * len(keys), 3.4), squeeze=False)
+    for ax, key in zip(axes[0], keys):
+        full = figures["full"][key]["median"]
+        ratios = [full / figures[n][key]["median"] for n in names]
+        low = [max(r - full / figures[n][key]["q3"], 0) for r, n in zip(ratios, names)]
+        high = [max(full / figures[n][key]["q1"] - r, 0) for r, n in zip(ratios, names)]
+        colors = ["#888888" if n == "ideal" else "#1f77b4" if n == "visiondrop" else "#9ecae1" for n in names]
+        ax.bar(names, ratios, yerr=[low, high], color=colors, capsize=2)
+        ax.axhline(1.0, color="black", linewidth=0.8)
+        ax.set_title(case_label(key), fontsize=9)
+        ax.tick_params(axis="x", labelrotation=60, labelsize=7)
+    axes[0][0].set_ylabel("generate() speed-up over full")
+    config = result["config"]
+    fig.suptitle(f"{config['model']}, budget {config['budget']}: model.generate() "
+                 f"({result['environment'].get('gpu', 'cpu')})", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def save(result: dict, out) -> dict:
+    from . import latency
+
+    return latency.save(result, out, "generate", to_markdown, plot)
