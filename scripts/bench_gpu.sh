@@ -5,7 +5,7 @@
 #   bash scripts/bench_gpu.sh llava-1.5-7b-graph  # captured prefills: batch-1 TTFT (visiondrop.capture)
 #   bash scripts/bench_gpu.sh generate  # model.generate() by wall clock, both models (bench --mode generate)
 set -euo pipefail
-export PYTHONPATH=src PYTHONUNBUFFERED=1
+export PYTHONPATH=${SRC:-src} PYTHONUNBUFFERED=1  # SRC: another copy of the code (a baseline)
 OUT=${OUT:-bench-results}
 case "${1:-llava-1.5-7b}" in
   llava-1.5-7b)
@@ -20,10 +20,10 @@ case "${1:-llava-1.5-7b}" in
       --out "$OUT" ;;
   generate)  # issue 19: the user's own model.generate(), LLaVA-1.5 B=64 and LLaVA-NeXT B=320
     python3 -m visiondrop.cli bench --config llava-1.5-7b --budget 64 --mode generate \
-      --methods visiondrop,visionzip,fastv --generate-batches 1,16 --generate-tokens 1,64 --repeats 6 --warmup 1 \
+      --methods visiondrop,visionzip,fastv --generate-batches 1,16 --generate-tokens 1,64 --repeats 5 --warmup 1 \
       --out "$OUT"
     python3 -m visiondrop.cli bench --config llava-next-7b --budget 320 --mode generate \
-      --methods visiondrop,visionzip,fastv --generate-batches 1,4 --generate-tokens 1 --repeats 8 --warmup 2 \
+      --methods visiondrop,visionzip,fastv --generate-batches 1,4 --generate-tokens 1 --repeats 6 --warmup 1 \
       --out "$OUT" ;;
   *) echo "unknown model $1" >&2; exit 2 ;;
 esac

@@ -93,3 +93,49 @@ def test_data_parallel_tables_match_the_committed_json():
     page = (DOCS / "multi-gpu.md").read_text()
     for row in rows:
         assert row in page, row
+
+
+GENERATE = DOCS / "benchmarks" / "h100-generate"
+RUNS = {"A before": "a-baseline", "A after": "a-stage-ops", "B before": "b-baseline", "B after": "b-decode-masks",
+        "B check": "b-check"}
+VARIANTS = ("full", "visiondrop", "visionzip", "fastv", "ideal")
+
+
+def test_generate_tables_quote_the_committed_runs():
+    """docs/benchmarks' generate() table and the README's Speed table: every median is the
+    committed JSON's (rounded as printed), and each run's own table is its JSON's."""
+    import json
+
+    from visiondrop.bench import generate
+
+    for folder in GENERATE.iterdir():
+        for path in folder.glob("*.json"):
+            assert path.with_suffix(".md").read_text().strip() == generate.to_markdown(json.loads(path.read_text()))
+    lines = (DOCS / "benchmarks" / "README.md").read_text().splitlines()
+    start = lines.index("| case | run | full | VisionDrop | VisionZip | FastV | ideal |")
+    checked, case = 0, None
+    for line in lines[start + 2:]:
+        if not line.startswith("|"):
+            break
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        case = cells[0] or case
+        model = "llava-next-7b-b320" if "NeXT" in case else "llava-1.5-7b-b64"
+        key = "generate_ms@" + re.search(r"b(\d+), (\d+) new", case).expand(r"b\1_t\2")
+        figures = json.loads((GENERATE / RUNS[cells[1]] / f"generate-{model}.json").read_text())["figures"]
+        for variant, cell in zip(VARIANTS, cells[2:]):
+            if cell != "-":
+                assert float(cell.split()[0].rstrip("*")) == round(figures[variant][key]["median"], 1), line
+                checked += 1
+    assert checked >= 80
+    # the README's Speed table: LLaVA-1.5 from run "B after", LLaVA-NeXT from "A after"
+    readme = (DOCS.parent / "README.md").read_text().splitlines()
+    start = next(i for i, line in enumerate(readme) if line.startswith("| `generate()`, ms |"))
+    llava, nxt = ("llava-1.5-7b-b64", "b-decode-masks"), ("llava-next-7b-b320", "a-stage-ops")
+    sources = [("b1_t1", *llava), ("b1_t64", *llava), ("b16_t1", *llava), ("b16_t64", *llava),
+               ("b1_t1", *nxt), ("b4_t1", *nxt)]
+    for row, (key, model, folder) in zip(readme[start + 2:], sources):
+        figures = json.loads((GENERATE / folder / f"generate-{model}.json").read_text())["figures"]
+        for variant, cell in zip(VARIANTS, [c.strip() for c in row.strip("|").split("|")][1:]):
+            printed = cell.split()[0].rstrip("*")
+            decimals = len(printed.partition(".")[2])
+            assert abs(float(printed) - figures[variant][f"generate_ms@{key}"]["median"]) <= 0.5 * 10 ** -decimals, row

@@ -192,3 +192,28 @@ def test_report_does_not_keep_the_cache_alive(model):
         del out
         gc.collect()
         assert ref() is None
+
+
+@pytest.mark.parametrize("padded", [False, True])
+def test_decode_steps_build_stage_masks_from_none_only_without_padding(model, monkeypatch, padded):
+    # Without padding a decode step needs no 2-D mask: one host check of the new columns
+    # stands for the LM's and every stage's (each would check its own mask on the host).
+    import visiondrop.models.decoder as decoder
+
+    given = []
+    original = decoder.create_causal_mask
+
+    def recording(*args, **kwargs):
+        given.append(kwargs.get("attention_mask"))
+        return original(*args, **kwargs)
+
+    batch = image_prompt(model, [3, 6] if padded else [4, 4])
+    with visiondrop.apply(model, budget=16) as handle, torch.no_grad():
+        expected = model.generate(**batch, max_new_tokens=4, do_sample=False)
+        monkeypatch.setattr(decoder, "create_causal_mask", recording)
+        tokens = model.generate(**batch, max_new_tokens=4, do_sample=False)
+        assert handle.adapter.pruner.session.decode_dense is not padded
+    assert torch.equal(tokens, expected)
+    stage_masks = given[len(handle.schedule.llm):]  # the prefill's stages come first
+    assert len(stage_masks) == 3 * len(handle.schedule.llm)  # 3 decode steps, each stage
+    assert all((mask is None) is not padded for mask in stage_masks)

@@ -10,8 +10,10 @@ which is the release's rule (not a weighted average).
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from .layout import host_to_device
@@ -44,6 +46,18 @@ def remaining_indices(num_tokens: int, dominant: torch.Tensor) -> torch.Tensor:
     return order[:, :num_tokens - dominant.shape[1]]
 
 
+@functools.lru_cache(maxsize=256)
+def _merge_slots(num_remaining: int, num_contextual: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Positions among the remaining tokens of the targets (every ``step``-th, the
+    release's stride) and of the others. They depend on the counts only, so they are
+    made once on the host (numpy: no per-stage torch dispatch) and copied without a
+    device sync; callers never write to them."""
+    step = max(1, num_remaining // num_contextual)
+    is_target = np.zeros(num_remaining, dtype=bool)
+    is_target[np.arange(0, step * num_contextual, step)] = True
+    return torch.from_numpy(np.flatnonzero(is_target)), torch.from_numpy(np.flatnonzero(~is_target))
+
+
 def contextual_merge(
     hidden: torch.Tensor,
     metric: torch.Tensor,
@@ -69,12 +83,7 @@ def contextual_merge(
         empty = hidden.new_zeros(num_segments, 0, width)
         return ContextualMerge(empty, remaining[:, :0], merged_into)
 
-    step = max(1, num_remaining // num_contextual)
-    # Slots depend on counts only: built on the host, copied without a device sync.
-    target_slots = torch.arange(0, step * num_contextual, step)
-    is_target = torch.zeros(num_remaining, dtype=torch.bool)
-    is_target[target_slots] = True
-    candidate_slots = torch.arange(num_remaining)[~is_target]
+    target_slots, candidate_slots = _merge_slots(num_remaining, num_contextual)
     targets = remaining[:, host_to_device(target_slots, hidden.device)]
     candidates = remaining[:, host_to_device(candidate_slots, hidden.device)]
 

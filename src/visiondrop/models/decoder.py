@@ -26,6 +26,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 
+import numpy as np
 import torch
 from torch import nn
 from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
@@ -189,6 +190,7 @@ class SegmentGroup:
 class StageState:
     mask: torch.Tensor  # (B, L_k) 2-D padding mask after this stage (prefill part)
     shift: torch.Tensor  # (B, 1[, planes]) how far "reindex" moved the last token back, LM entry to here
+    dense: bool = False  # ``mask`` has no padding (known on the host)
 
 
 @dataclass
@@ -216,6 +218,8 @@ class Session:
     # The prefill's current 2-D mask has no padding, known on the host: masks are then
     # built from None, which spares transformers' device-to-host check of the mask.
     dense: bool = False
+    entry_dense: bool = False  # ``dense`` at LM entry
+    decode_dense: bool = False  # the decode step's columns have no padding either
     tail_mask: torch.Tensor | None = None  # (B, t) mask columns after the prompt
     decode_positions: torch.Tensor | None = None  # (B, q[, planes]) LM-entry positions in decode
     entry_last: torch.Tensor | None = None  # (B, 1[, planes]) the last real token's position at LM entry
@@ -268,6 +272,7 @@ class DecoderPruner:
             groups.setdefault((segment.length, specs), []).append(index)
         session.groups = [SegmentGroup(tuple(indices), dict(zip(self.stage_specs, specs)))
                           for (_, specs), indices in groups.items()]
+        session.entry_dense = session.dense
         self.session = session
 
     def _finish_entry(self, session: Session) -> None:
@@ -381,30 +386,42 @@ class DecoderPruner:
         tokens of ``hidden``; keys and queries from ``layer``'s projections on
         ``score_hidden`` (none when ``layer`` is None)."""
         layout = self.session.layout
-        batch, length, _ = hidden.shape
+        batch, length, width = hidden.shape
         device = hidden.device
         segments = [layout.segments[i] for i in group.indices]
-        rows = host_to_device(torch.tensor([s.row for s in segments]), device)
+        row_ids = [s.row for s in segments]
+        if row_ids == list(range(batch)):  # one image per row, in row order (the usual batch): no row gathers
+            def of_rows(tensor):
+                return tensor
+        else:
+            rows = host_to_device(torch.tensor(row_ids), device)
+
+            def of_rows(tensor):
+                return tensor[rows]
         starts = host_to_device(torch.tensor([s.start for s in segments]), device)
         columns = starts[:, None] + torch.arange(segments[0].length, device=device)
-        row_mask = layout.mask[rows].bool()
-        visual = torch.zeros(batch, length, dtype=torch.bool)  # on the host: one copy, not a launch per image
+        row_mask = of_rows(layout.mask).bool()
+        visual = np.zeros((batch, length), dtype=bool)  # on the host (numpy): one copy, not a launch per image
         for segment in layout.segments:  # every image of the row, not only this group's
             visual[segment.row, segment.start:segment.start + segment.length] = True
-        visual = host_to_device(visual, device)
-        last = (row_mask.long() * torch.arange(length, device=device)).argmax(dim=1)
-        stage = DecoderStage(hidden=hidden[rows[:, None], columns], keys=None, key_mask=None,
-                             visual_columns=columns, scaling=1.0, project_queries=None,
-                             row_hidden=hidden[rows], row_mask=row_mask, row_visual=visual[rows], last_columns=last,
-                             origins=layout.origins[rows], memo=group.memo)
+        visual = host_to_device(torch.from_numpy(visual), device)
+        if self.session.dense:  # no padding: each row's last column is its last token
+            last = torch.full((len(segments),), length - 1, device=device)
+        else:
+            last = (row_mask.long() * torch.arange(length, device=device)).argmax(dim=1)
+        row_hidden = of_rows(hidden)
+        stage = DecoderStage(hidden=row_hidden.gather(1, columns[..., None].expand(-1, -1, width)), keys=None,
+                             key_mask=None, visual_columns=columns, scaling=1.0, project_queries=None,
+                             row_hidden=row_hidden, row_mask=row_mask, row_visual=of_rows(visual),
+                             last_columns=last, origins=of_rows(layout.origins), memo=group.memo)
         if layer is None:
             return stage
         attn = layer.self_attn
         head_dim = attn.head_dim
         cos, sin = cos_sin
-        normed = layer.input_layernorm(score_hidden[rows])
+        normed = layer.input_layernorm(of_rows(score_hidden))
         keys = attn.k_proj(normed).view(len(segments), length, -1, head_dim).transpose(1, 2)
-        cos, sin = cos[rows] if cos.shape[0] == batch else cos, sin[rows] if sin.shape[0] == batch else sin
+        cos, sin = (of_rows(cos), of_rows(sin)) if cos.shape[0] == batch else (cos, sin)
         local = torch.arange(len(segments), device=device)[:, None]
 
         def project_queries(cols: torch.Tensor) -> torch.Tensor:
@@ -499,23 +516,23 @@ class DecoderPruner:
                 merged_into=merged_into[i], input_patches=layout.patches[i], output_patches=new_patches[i]))
         session.report.stages.append(record)
 
-        shift = session.entry_last - last_token_positions(new_positions, new_mask)
-        session.stages[index] = StageState(mask=new_mask, shift=shift)
         session.dense = session.dense and len(set(plan.removed_per_row)) == 1  # no row got padding
+        new_last = new_positions[:, -1:] if session.dense else last_token_positions(new_positions, new_mask)
+        session.stages[index] = StageState(mask=new_mask, shift=session.entry_last - new_last, dense=session.dense)
         new_origins = plan.gather(source, layout.origins, no_origin, fill=-1)
         session.layout = Layout(new_mask, new_positions, plan.new_segments, layout.images, new_patches, new_origins)
         session.report.output_mask = new_mask
-        self._start_stage(new_hidden, new_mask, new_positions, kwargs)
+        self._start_stage(new_hidden, None if session.dense else new_mask, new_positions, kwargs)
         return new_hidden
 
     def _start_stage(self, hidden, mask_2d, positions, kwargs) -> None:
         """New positions and RoPE for this stage's layers; their masks are built per
-        layer type on first use (:meth:`_apply_overrides`)."""
+        layer type on first use (:meth:`_apply_overrides`), from ``mask_2d`` (None: no
+        padding, which spares transformers' device-to-host check of the mask)."""
         session = self.session
         rotary = self.lm.rotary_emb(hidden, position_ids=self.rule.rope_ids(positions))
         session.overrides = {"position_embeddings": rotary, "position_ids": self.rule.layer_ids(positions)}
-        dense = session.dense and not session.decoding
-        session.mask_source = (hidden, None if dense else mask_2d, cache_argument(kwargs))
+        session.mask_source = (hidden, mask_2d, cache_argument(kwargs))
         session.masks = {}
 
     def _apply_overrides(self, index: int, kwargs) -> None:
@@ -537,8 +554,14 @@ class DecoderPruner:
         kwargs["attention_mask"] = session.masks[layer_type]
 
     # ----------------------------------------------------------------- decode
-    def start_decode(self, tail_mask: torch.Tensor, positions: torch.Tensor, query_length: int) -> None:
+    def start_decode(self, tail_mask: torch.Tensor, positions: torch.Tensor, query_length: int,
+                     tail_dense: bool = False) -> torch.Tensor | None:
+        """Set up a decode step; returns the 2-D mask the LM takes: the prompt's columns at
+        LM entry and ``tail_mask``'s, or None when neither has padding. Then no layer's mask
+        needs transformers' device-to-host check: one check of the new columns here
+        (skipped when ``tail_dense``: the caller knows) stands for the LM's and every stage's."""
         session = self.session
+        session.decode_dense = session.entry_dense and (tail_dense or bool(tail_mask.all()))
         session.decoding = True
         session.tail_mask = tail_mask
         session.decode_positions = positions
@@ -546,6 +569,9 @@ class DecoderPruner:
         session.mask_source = None
         session.masks = {}
         session.cache_length += query_length
+        if session.decode_dense:
+            return None
+        return torch.cat([session.entry_mask, tail_mask.to(session.entry_mask.dtype)], dim=1)
 
     def _decode_layer(self, index: int, args, kwargs):
         session = self.session
@@ -554,7 +580,8 @@ class DecoderPruner:
             stage = session.stages[index]
             device = stage.mask.device  # where the prefill's stage ran
             hidden = hidden.to(device)
-            mask_2d = torch.cat([stage.mask, session.tail_mask.to(device, stage.mask.dtype)], dim=1)
+            mask_2d = None if session.decode_dense and stage.dense else torch.cat(
+                [stage.mask, session.tail_mask.to(device, stage.mask.dtype)], dim=1)
             positions = session.decode_positions.to(device)
             if self.positions == "reindex":
                 positions = positions - stage.shift

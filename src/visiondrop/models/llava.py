@@ -296,7 +296,6 @@ class LlavaAdapter(ForwardHooks, ModelAdapter):
             positions = full_positions
         if pruner.positions == "reindex":
             positions = positions - session.entry_shift
-        kwargs["attention_mask"] = torch.cat([session.entry_mask, tail.to(session.entry_mask.dtype)], dim=1)
         kwargs.pop("position_ids", None)
-        pruner.start_decode(tail, positions, query)
+        kwargs["attention_mask"] = pruner.start_decode(tail, positions, query, tail_dense=mask is None)
         return (), kwargs

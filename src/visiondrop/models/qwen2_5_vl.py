@@ -398,9 +398,9 @@ class Qwen2_5_VLAdapter(ForwardHooks, ModelAdapter):
             positions = token_major(positions)
         if pruner.positions == "reindex":
             positions = positions - (self._prompt_last - session.entry_last)
-        kwargs["attention_mask"] = torch.cat([session.entry_mask, tail.to(session.entry_mask.dtype)], dim=1)
         kwargs["position_ids"] = positions.permute(2, 0, 1)  # replaced at LM entry by the pruner
-        pruner.start_decode(tail, positions, query)
+        kwargs["attention_mask"] = pruner.start_decode(tail, positions, query,
+                                                       tail_dense=kwargs.get("attention_mask") is None)
         return (), kwargs
 
 
