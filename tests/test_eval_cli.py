@@ -3,7 +3,6 @@ random LLaVA checkpoint on CPU: two shards, merge, score against the unpruned ru
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -16,16 +15,6 @@ from visiondrop.eval import harness
 from visiondrop.testing import save_tiny_checkpoint
 
 FIXTURES = Path(__file__).parent / "fixtures" / "eval"
-
-
-@pytest.fixture(scope="module")
-def pope(tmp_path_factory):
-    """The POPE fixture with its deliberately missing image supplied."""
-    root = tmp_path_factory.mktemp("pope")
-    shutil.copytree(FIXTURES / "pope", root, dirs_exist_ok=True)
-    images = root / "val2014"
-    shutil.copy(images / "COCO_val2014_000000210789.jpg", images / "COCO_val2014_000000016631.jpg")
-    return ["--dataset", "pope", "--data", f"questions={root}", "--data", f"images={images}"]
 
 
 @pytest.fixture(scope="module")

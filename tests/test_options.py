@@ -4,7 +4,6 @@ converted from text one way for every command (``eval run --option``, ``fidelity
 
 import json
 import math
-import shutil
 from pathlib import Path
 
 import pytest
@@ -18,7 +17,6 @@ from visiondrop.methods.options import check_option, option_types, parse_method_
 from visiondrop.schedule import StageSpec
 from visiondrop.testing import save_tiny_checkpoint
 
-FIXTURES = Path(__file__).parent / "fixtures" / "eval"
 WRONG = {  # a value of the wrong type for each kind of option
     "bool": ["no", 1, None],
     "int": [2.5, "2", True],
@@ -118,15 +116,10 @@ def test_schedules_keep_integers():
 # ------------------------------------------------------------------ eval run --option
 
 @pytest.fixture(scope="module")
-def pope_run(tmp_path_factory):
-    root = tmp_path_factory.mktemp("pope")
-    shutil.copytree(FIXTURES / "pope", root, dirs_exist_ok=True)
-    images = root / "val2014"
-    shutil.copy(images / "COCO_val2014_000000210789.jpg", images / "COCO_val2014_000000016631.jpg")
+def pope_run(tmp_path_factory, pope):
     checkpoint = tmp_path_factory.mktemp("tiny")
     save_tiny_checkpoint(checkpoint)
-    return ["eval", "run", "--dataset", "pope", "--data", f"questions={root}", "--data", f"images={images}",
-            "--model", str(checkpoint), "--limit", "1", "--budget", "16"]
+    return ["eval", "run", *pope, "--model", str(checkpoint), "--limit", "1", "--budget", "16"]
 
 
 def test_eval_run_options_are_typed_and_recorded_so(pope_run, tmp_path):

@@ -167,32 +167,9 @@ def to_markdown(result: dict) -> str:
 
 def plot(result: dict, path) -> None:
     """One panel per case: each variant's speed-up over ``full`` (interquartile bars)."""
-    import matplotlib
+    from . import latency
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figures = result["figures"]
-    keys = list(figures["full"])
-    names = [n for n in figures if n != "full"]
-    fig, axes = plt.subplots(1, len(keys), figsize=(3.0 * len(keys), 3.4), squeeze=False)
-    for ax, key in zip(axes[0], keys):
-        full = figures["full"][key]["median"]
-        ratios = [full / figures[n][key]["median"] for n in names]
-        low = [max(r - full / figures[n][key]["q3"], 0) for r, n in zip(ratios, names)]
-        high = [max(full / figures[n][key]["q1"] - r, 0) for r, n in zip(ratios, names)]
-        colors = ["#888888" if n == "ideal" else "#1f77b4" if n == "visiondrop" else "#9ecae1" for n in names]
-        ax.bar(names, ratios, yerr=[low, high], color=colors, capsize=2)
-        ax.axhline(1.0, color="black", linewidth=0.8)
-        ax.set_title(case_label(key), fontsize=9)
-        ax.tick_params(axis="x", labelrotation=60, labelsize=7)
-    axes[0][0].set_ylabel("generate() speed-up over full")
-    config = result["config"]
-    fig.suptitle(f"{config['model']}, budget {config['budget']}: model.generate() "
-                 f"({result['environment'].get('gpu', 'cpu')})", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    latency.plot(result, path, label=lambda key, _: (case_label(key), False), what="model.generate()")
 
 
 def save(result: dict, out) -> dict:

@@ -418,8 +418,11 @@ def to_markdown(result: dict) -> str:
     return "\n".join(lines)
 
 
-def plot(result: dict, path) -> None:
-    """Bars of each figure's speed-up over ``full``, with the interquartile range."""
+def plot(result: dict, path, label=None, what: str = "") -> None:
+    """Bars of each figure's speed-up over ``full``, with the interquartile range.
+    ``label(key, result) -> (title, higher is better)`` names a figure (default: this
+    module's figures); ``what`` says what was timed, in the labels."""
+    label = label or _label
     import matplotlib
 
     matplotlib.use("Agg")
@@ -430,7 +433,7 @@ def plot(result: dict, path) -> None:
     names = [n for n in figures if n != "full"]
     fig, axes = plt.subplots(1, len(keys), figsize=(3.2 * len(keys), 3.4), squeeze=False)
     for ax, key in zip(axes[0], keys):
-        label, higher = _label(key, result)
+        title, higher = label(key, result)
         full = figures["full"][key]["median"]
         ratios, low, high = [], [], []
         for name in names:
@@ -443,12 +446,12 @@ def plot(result: dict, path) -> None:
         colors = ["#888888" if n == "ideal" else "#1f77b4" if n == "visiondrop" else "#9ecae1" for n in names]
         ax.bar(names, ratios, yerr=[low, high], color=colors, capsize=2)
         ax.axhline(1.0, color="black", linewidth=0.8)
-        ax.set_title(label, fontsize=9)
+        ax.set_title(title, fontsize=9)
         ax.tick_params(axis="x", labelrotation=60, labelsize=7)
-    axes[0][0].set_ylabel("speed-up over full")
+    axes[0][0].set_ylabel(f"{what} speed-up over full".strip())
     config = result["config"]
-    fig.suptitle(f"{config['model']}, budget {config['budget']} ({result['environment'].get('gpu', 'cpu')})",
-                 fontsize=10)
+    fig.suptitle(f"{config['model']}, budget {config['budget']}{': ' + what if what else ''} "
+                 f"({result['environment'].get('gpu', 'cpu')})", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
