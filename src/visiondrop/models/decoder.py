@@ -88,7 +88,11 @@ class PositionRule:
     #: "reindex" starts from the kept tokens' own positions (False: from the mask only)
     reindex_from_kept = False
 
-    def reindexed(self, mask: torch.Tensor, segments: Sequence[Segment], kept: torch.Tensor | None) -> torch.Tensor:
+    def reindexed(self, mask: torch.Tensor, segments: Sequence[Segment], kept: torch.Tensor | None,
+                  dense: bool = False) -> torch.Tensor:
+        """``dense``: ``mask`` is known to have no padding (every row is 0..L-1)."""
+        if dense:
+            return torch.arange(mask.shape[1], device=mask.device).expand(mask.shape[0], -1)
         return reindexed_positions(mask)
 
     def rope_ids(self, positions: torch.Tensor) -> torch.Tensor:
@@ -113,7 +117,7 @@ class MultimodalPositionRule(PositionRule):
 
     reindex_from_kept = True
 
-    def reindexed(self, mask, segments, kept):
+    def reindexed(self, mask, segments, kept, dense: bool = False):
         out = torch.zeros_like(kept, device="cpu")
         source, real = kept.cpu(), mask.bool().cpu()
         for row in range(mask.shape[0]):
@@ -283,7 +287,7 @@ class DecoderPruner:
         if self.positions == "keep" or self.rule.reindex_from_kept:
             self._place_original_positions(session, offset)
         if self.positions == "reindex":
-            layout.positions = self.rule.reindexed(layout.mask, layout.segments, layout.positions)
+            layout.positions = self.rule.reindexed(layout.mask, layout.segments, layout.positions, session.dense)
         session.entry_last = last_token_positions(layout.positions, layout.mask)
 
     def _place_original_positions(self, session: Session, offset) -> None:
@@ -366,7 +370,8 @@ class DecoderPruner:
             # The next stage scores with this layer's attention, on this layer's input.
             cos_sin = session.overrides["position_embeddings"] if session.overrides else kwargs["position_embeddings"]
             session.score_input = (layer, hidden, cos_sin)
-        session.report.layer_visual_tokens[:, index] = session.layout.row_counts
+        if index == 0 or index in self.stage_specs:  # the count holds until the next stage
+            session.report.layer_visual_tokens[:, index:] = session.layout.row_counts[:, None]
         self._apply_overrides(index, kwargs)
         return args, kwargs
 
@@ -482,14 +487,18 @@ class DecoderPruner:
                                [s.contextual for s in specs])
         source = plan.resolve(dominant)
         new_hidden = plan.gather(source, hidden, tokens)
+        # no row padded before, and every row shrinks alike: none is padded after
+        dense = session.dense and len(set(plan.removed_per_row)) == 1
         if whole:
-            contextual = specs[0].contextual
-            ones = layout.mask.new_ones(count, contextual)
-            no_origin = layout.origins.new_full((count, contextual), -1)
+            no_origin = layout.origins.new_full((count, specs[0].contextual), -1)
         else:
-            ones = [layout.mask.new_ones(s.contextual) for s in specs]
             no_origin = [layout.origins.new_full((s.contextual,), -1) for s in specs]
-        new_mask = plan.gather(source, layout.mask, ones, fill=0)
+        if dense:
+            new_mask = layout.mask.new_ones(batch, plan.new_length)
+        else:
+            ones = (layout.mask.new_ones(count, specs[0].contextual) if whole
+                    else [layout.mask.new_ones(s.contextual) for s in specs])
+            new_mask = plan.gather(source, layout.mask, ones, fill=0)
         new_positions = None
         if self.positions == "keep" or self.rule.reindex_from_kept:
             if whole:
@@ -500,7 +509,7 @@ class DecoderPruner:
                                     for seg, cols in zip(layout.segments, target_columns)]
             new_positions = plan.gather(source, layout.positions, target_positions, fill=0)
         if self.positions == "reindex":
-            new_positions = self.rule.reindexed(new_mask, plan.new_segments, new_positions)
+            new_positions = self.rule.reindexed(new_mask, plan.new_segments, new_positions, dense)
         if whole:
             patches = torch.stack(layout.patches)
             new_patches = list(torch.cat([patches.gather(1, dominant), patches.gather(1, targets)], 1).unbind(0))
@@ -516,7 +525,7 @@ class DecoderPruner:
                 merged_into=merged_into[i], input_patches=layout.patches[i], output_patches=new_patches[i]))
         session.report.stages.append(record)
 
-        session.dense = session.dense and len(set(plan.removed_per_row)) == 1  # no row got padding
+        session.dense = dense
         new_last = new_positions[:, -1:] if session.dense else last_token_positions(new_positions, new_mask)
         session.stages[index] = StageState(mask=new_mask, shift=session.entry_last - new_last, dense=session.dense)
         new_origins = plan.gather(source, layout.origins, no_origin, fill=-1)
