@@ -47,15 +47,15 @@ def remaining_indices(num_tokens: int, dominant: torch.Tensor) -> torch.Tensor:
 
 
 @functools.lru_cache(maxsize=256)
-def _merge_slots(num_remaining: int, num_contextual: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Positions among the remaining tokens of the targets (every ``step``-th, the
-    release's stride) and of the others. They depend on the counts only, so they are
-    made once on the host (numpy: no per-stage torch dispatch) and copied without a
-    device sync; callers never write to them."""
+def _merge_order(num_remaining: int, num_contextual: int) -> torch.Tensor:
+    """Positions among the remaining tokens: first the targets (every ``step``-th, the
+    release's stride), then the others. They depend on the counts only, so they are made
+    once on the host (numpy: no per-stage torch dispatch) and copied without a device
+    sync; callers never write to them."""
     step = max(1, num_remaining // num_contextual)
     is_target = np.zeros(num_remaining, dtype=bool)
     is_target[np.arange(0, step * num_contextual, step)] = True
-    return torch.from_numpy(np.flatnonzero(is_target)), torch.from_numpy(np.flatnonzero(~is_target))
+    return torch.from_numpy(np.concatenate([np.flatnonzero(is_target), np.flatnonzero(~is_target)]))
 
 
 def contextual_merge(
@@ -83,24 +83,24 @@ def contextual_merge(
         empty = hidden.new_zeros(num_segments, 0, width)
         return ContextualMerge(empty, remaining[:, :0], merged_into)
 
-    target_slots, candidate_slots = _merge_slots(num_remaining, num_contextual)
-    targets = remaining[:, host_to_device(target_slots, hidden.device)]
-    candidates = remaining[:, host_to_device(candidate_slots, hidden.device)]
+    # targets first, then candidates, so that each tensor is gathered once for both
+    order = host_to_device(_merge_order(num_remaining, num_contextual), hidden.device)
+    picked = remaining[:, order]
+    targets = picked[:, :num_contextual]
 
-    metric = torch.nn.functional.normalize(metric.float(), dim=-1)
-    target_metric = metric.gather(1, targets[..., None].expand(-1, -1, metric.shape[-1]))
-    candidate_metric = metric.gather(1, candidates[..., None].expand(-1, -1, metric.shape[-1]))
+    picked_metric = metric.float().gather(1, picked[..., None].expand(-1, -1, metric.shape[-1]))
+    picked_metric = torch.nn.functional.normalize(picked_metric, dim=-1)
+    target_metric, candidate_metric = picked_metric[:, :num_contextual], picked_metric[:, num_contextual:]
     assignment = (candidate_metric @ target_metric.transpose(1, 2)).argmax(dim=-1)  # (S, R - C)
 
-    candidate_hidden = hidden.gather(1, candidates[..., None].expand(-1, -1, width))
-    sums = hidden.new_zeros(num_segments, num_contextual, width, dtype=torch.float32)
-    sums.scatter_add_(1, assignment[..., None].expand(-1, -1, width), candidate_hidden.float())
+    picked_hidden = hidden.gather(1, picked[..., None].expand(-1, -1, width)).float()
+    sums = picked_hidden.new_zeros(num_segments, num_contextual, width)
+    sums.scatter_add_(1, assignment[..., None].expand(-1, -1, width), picked_hidden[:, num_contextual:])
     counts = torch.zeros(num_segments, num_contextual, device=hidden.device)
     counts.scatter_add_(1, assignment, torch.ones_like(assignment, dtype=counts.dtype))
     means = sums / counts.clamp(min=1)[..., None]  # a target with nothing assigned adds 0
-    target_hidden = hidden.gather(1, targets[..., None].expand(-1, -1, width))
-    tokens = (target_hidden.float() + means).to(hidden.dtype)
+    tokens = (picked_hidden[:, :num_contextual] + means).to(hidden.dtype)
 
-    merged_into.scatter_(1, targets, torch.arange(num_contextual, device=hidden.device).expand(num_segments, -1))
-    merged_into.scatter_(1, candidates, assignment)
+    slots = torch.arange(num_contextual, device=hidden.device).expand(num_segments, -1)
+    merged_into.scatter_(1, picked, torch.cat([slots, assignment], dim=1))
     return ContextualMerge(tokens, targets, merged_into)
