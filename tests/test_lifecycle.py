@@ -191,7 +191,6 @@ def test_static_cache_refused_on_qwen(qwen):
 def test_the_default_cache_still_generates(model):
     batch = image_prompt(model, [3])
     with visiondrop.apply(model, budget=16):
-        assert _greedy(model, batch).tolist() == _greedy(model, batch, steps=3).tolist()
         explicit = model.generate(**batch, max_new_tokens=3, do_sample=False, cache_implementation="dynamic")
         assert explicit[:, batch["input_ids"].shape[1]:].tolist() == _greedy(model, batch).tolist()
 

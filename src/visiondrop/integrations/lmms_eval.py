@@ -29,7 +29,6 @@ of lmms-eval happens here only: the rest of visiondrop never needs it.
 
 from __future__ import annotations
 
-import dataclasses
 import importlib
 import inspect
 from dataclasses import dataclass, field
@@ -37,7 +36,7 @@ from typing import Any
 
 from ..api import apply, plan
 from ..methods import available_methods, get_method
-from ..methods.options import parse_option, parse_schedule, strip_text
+from ..methods.options import option_types, parse_option, parse_schedule, strip_text
 from ..models import model_options
 from ..schedule import Schedule
 
@@ -139,12 +138,12 @@ class PruningArgs:
                                  "drop it or name a method")
             return cls(method=NO_PRUNING)
 
-        types = {f.name: f.type for f in dataclasses.fields(get_method(method).Config)}
+        types = option_types(get_method(method).Config)
         adapter_options = model_options()
         typed = {}
         for name, value in options.items():
             if name in types and name not in ("budget", "schedule"):
-                typed[name] = parse_option(name, value, str(types[name]))
+                typed[name] = parse_option(name, value, types[name])
             elif name in adapter_options:
                 typed[name] = strip_text(value) if isinstance(value, str) else value
             else:

@@ -17,6 +17,8 @@ from contextlib import contextmanager
 
 from transformers.cache_utils import DynamicCache
 
+from .decoder import cache_argument
+
 #: generate()'s cache implementations that keep one growing tensor per layer, as a pruned
 #: prefill needs (its layers hold different lengths); static caches preallocate one length
 DYNAMIC_CACHES = (None, "dynamic")
@@ -86,7 +88,7 @@ def check_generation(model, kwargs: dict) -> None:
     if cache not in DYNAMIC_CACHES:
         raise ValueError(f"cache_implementation={cache!r}: a pruned prompt's layers hold caches of different "
                          "lengths; only the default dynamic cache is supported (drop cache_implementation)")
-    check_cache(kwargs.get("past_key_values", kwargs.get("cache")))
+    check_cache(cache_argument(kwargs))
 
 
 def check_cache(cache) -> None:
