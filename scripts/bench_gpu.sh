@@ -4,6 +4,9 @@
 #   bash scripts/bench_gpu.sh llava-next-7b  # budget 320, batch 8 (32 would not fit a KV cache in 80 GB)
 #   bash scripts/bench_gpu.sh llava-1.5-7b-graph  # captured prefills: batch-1 TTFT (visiondrop.capture)
 #   bash scripts/bench_gpu.sh generate  # model.generate() by wall clock, both models (bench --mode generate)
+#   bash scripts/bench_gpu.sh generate-graphs-1.5   # the same with apply(..., cuda_graphs=True) variants
+#   bash scripts/bench_gpu.sh generate-graphs-next  # (one model per call: each takes minutes)
+#   bash scripts/bench_gpu.sh graphs-check  # replayed vs eager forward/generate, tiny float32 models
 set -euo pipefail
 export PYTHONPATH=${SRC:-src} PYTHONUNBUFFERED=1  # SRC: another copy of the code (a baseline)
 OUT=${OUT:-bench-results}
@@ -25,5 +28,15 @@ case "${1:-llava-1.5-7b}" in
     python3 -m visiondrop.cli bench --config llava-next-7b --budget 320 --mode generate \
       --methods visiondrop,visionzip,fastv --generate-batches 1,4 --generate-tokens 1 --repeats 6 --warmup 1 \
       --out "$OUT" ;;
+  generate-graphs-1.5)  # issue 19, sections 2 and 3: eager and cuda_graphs=True through generate()
+    python3 -m visiondrop.cli bench --config llava-1.5-7b --budget 64 --mode generate --cuda-graphs \
+      --methods visiondrop,visionzip,fastv --generate-batches 1,16 --generate-tokens 1,64 --repeats 5 --warmup 2 \
+      --out "$OUT" ;;
+  generate-graphs-next)
+    python3 -m visiondrop.cli bench --config llava-next-7b --budget 320 --mode generate --cuda-graphs \
+      --methods visiondrop,visionzip,fastv --generate-batches 1,4 --generate-tokens 1 --repeats 6 --warmup 2 \
+      --out "$OUT" ;;
+  graphs-check)
+    python3 scripts/graphs_check.py ;;
   *) echo "unknown model $1" >&2; exit 2 ;;
 esac

@@ -50,3 +50,22 @@ def test_markdown_and_files(result, tmp_path):
 def test_cli_refuses_bad_generate_lists(capsys):
     assert main(["bench", "--mode", "generate", "--generate-tokens", "0", "--device", "cpu"]) == 2
     assert "--generate-tokens" in capsys.readouterr().err
+
+
+def test_graph_variants_replay_through_generate():
+    """--cuda-graphs: full (method none) and each capturable method again with
+    apply(..., cuda_graphs=...) ("frozen" on the CPU); their handles survive the rounds
+    (detached while other variants run), so every layout is captured once and replayed."""
+    model = tiny_llava(num_layers=8, image_size=112)
+    config = latency.BenchConfig(model="tiny-llava", methods=("visiondrop", "sparsevlm"), budget=24,
+                                 cuda_graphs=True, **{**SMALL, "warmup": 2, "generate_tokens": (2,)})
+    result = generate.run_generate(config, model=model, progress=False)
+    assert list(result["figures"]) == ["full", "visiondrop", "sparsevlm", "ideal", "full+graphs",
+                                       "visiondrop+graphs"]  # sparsevlm's shapes depend on its text
+    # three layouts: generate()'s prefill at batches 1 and 2 (4 rounds each) and the profiled
+    # forward at batch 1 (3 untimed calls and 1 profiled); each is captured on its second sight,
+    # and that call and every later one replays
+    assert result["graphs"] == {name: {"captures": 3, "replays": 3 + 3 + 3}
+                                for name in ("full+graphs", "visiondrop+graphs")}
+    assert not hasattr(model, "_visiondrop_handle") and "forward" not in vars(model)  # all removed
+    assert "graphed full)" in generate.to_markdown(result)

@@ -99,6 +99,7 @@ GENERATE = DOCS / "benchmarks" / "h100-generate"
 RUNS = {"A before": "a-baseline", "A after": "a-stage-ops", "B before": "b-baseline", "B after": "b-decode-masks",
         "B check": "b-check"}
 VARIANTS = ("full", "visiondrop", "visionzip", "fastv", "ideal")
+GRAPHS = DOCS / "benchmarks" / "h100-graphs"
 
 
 def test_generate_tables_quote_the_committed_runs():
@@ -127,15 +128,43 @@ def test_generate_tables_quote_the_committed_runs():
                 assert float(cell.split()[0].rstrip("*")) == round(figures[variant][key]["median"], 1), line
                 checked += 1
     assert checked >= 80
-    # the README's Speed table: LLaVA-1.5 from run "B after", LLaVA-NeXT from "A after"
+    # the README's Speed table: eager and "+ graphs" rows, both from docs/benchmarks/h100-graphs
     readme = (DOCS.parent / "README.md").read_text().splitlines()
     start = next(i for i, line in enumerate(readme) if line.startswith("| `generate()`, ms |"))
-    llava, nxt = ("llava-1.5-7b-b64", "b-decode-masks"), ("llava-next-7b-b320", "a-stage-ops")
-    sources = [("b1_t1", *llava), ("b1_t64", *llava), ("b16_t1", *llava), ("b16_t64", *llava),
-               ("b1_t1", *nxt), ("b4_t1", *nxt)]
-    for row, (key, model, folder) in zip(readme[start + 2:], sources):
-        figures = json.loads((GENERATE / folder / f"generate-{model}.json").read_text())["figures"]
+    sources = [("b1_t1", "llava-1.5-7b-b64"), ("b1_t64", "llava-1.5-7b-b64"), ("b16_t1", "llava-1.5-7b-b64"),
+               ("b16_t64", "llava-1.5-7b-b64"), ("b1_t1", "llava-next-7b-b320"), ("b4_t1", "llava-next-7b-b320")]
+    rows = readme[start + 2:start + 2 + 2 * len(sources)]
+    quoted = 0
+    for index, row in enumerate(rows):
+        key, model = sources[index // 2]
+        figures = json.loads((GRAPHS / f"generate-{model}.json").read_text())["figures"]
+        graphed = index % 2 == 1
+        full = figures["full"][f"generate_ms@{key}"]["median"]
         for variant, cell in zip(VARIANTS, [c.strip() for c in row.strip("|").split("|")][1:]):
-            printed = cell.split()[0].rstrip("*")
+            if not cell:
+                assert graphed and variant == "ideal", row  # no ideal under graphs
+                continue
+            median = figures[variant + "+graphs" if graphed else variant][f"generate_ms@{key}"]["median"]
+            printed = cell.split()[0]
             decimals = len(printed.partition(".")[2])
-            assert abs(float(printed) - figures[variant][f"generate_ms@{key}"]["median"]) <= 0.5 * 10 ** -decimals, row
+            assert abs(float(printed) - median) <= 0.5 * 10 ** -decimals, row
+            if "(" in cell:  # the speed-up over the eager full model of the same run
+                assert cell.split("(")[1].rstrip(")") == f"{full / median:.2f}x", row
+            quoted += 1
+    assert quoted == 6 * 4 + 6 * 5
+
+
+def test_graph_run_tables_quote_the_committed_runs():
+    """docs/benchmarks' tables of the cuda_graphs run are the committed runs' own tables,
+    and every graph variant replayed."""
+    import json
+
+    from visiondrop.bench import generate
+
+    text = (DOCS / "benchmarks" / "README.md").read_text()
+    for path in sorted(GRAPHS.glob("*.json")):
+        result = json.loads(path.read_text())
+        table = generate.to_markdown(result)
+        assert path.with_suffix(".md").read_text().strip() == table
+        assert table.split("\n\n")[0] in text, path.name
+        assert result["graphs"] and all(counts["replays"] > 0 for counts in result["graphs"].values())

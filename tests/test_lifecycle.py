@@ -78,6 +78,25 @@ def test_deepcopy_keeps_the_users_own_hooks_in_order(model):
         last.remove()
 
 
+def test_hooks_added_while_detached_survive_reattaching(model):
+    """guards.detached for a long time (the bench keeps graph handles detached between rounds):
+    hooks others register meanwhile (transformers adds some on first use) stay, and ours come
+    back where they were."""
+    from visiondrop.models.guards import detached
+
+    handle = visiondrop.apply(model, budget=16)
+    try:
+        ours = list(model.model._forward_pre_hooks)
+        with detached(handle._hooks):
+            assert not any(key in model.model._forward_pre_hooks for key in ours)
+            added = model.model.register_forward_pre_hook(lambda module, args: None)
+        keys = list(model.model._forward_pre_hooks)
+        assert keys == ours + [added.id]
+        added.remove()
+    finally:
+        handle.remove()
+
+
 def test_threads_sharing_one_pruned_model_get_their_own_results(model):
     batches = [image_prompt(model, [2 + i % 3], seed=i) for i in range(8)]
     with visiondrop.apply(model, budget=16), torch.no_grad():

@@ -6,6 +6,7 @@ from torch import nn
 
 from .methods import get_method
 from .models import adapter_for
+from .models.graphs import GraphedForward, check_graph_options
 from .models.guards import CallLock, InstanceAttribute, guard_generate, plain_deepcopy, serialize_calls
 from .report import PruningReport
 from .schedule import Schedule
@@ -22,6 +23,7 @@ class PruningHandle:
         self.adapter = adapter
         self.method = method
         self.schedule = schedule
+        self.graphs: GraphedForward | None = None  # with cuda_graphs: the captured layouts
         self._hooks: list = []
 
     @property
@@ -38,6 +40,8 @@ class PruningHandle:
             hook.remove()
         self._hooks = []
         self.adapter.reset()
+        if self.graphs is not None:
+            self.graphs.graphs.clear()  # frees the graphs' memory
 
     def __enter__(self) -> PruningHandle:
         return self
@@ -47,8 +51,9 @@ class PruningHandle:
 
     def __repr__(self) -> str:
         state = "active" if self.active else "removed"
-        return (f"PruningHandle({self.method.name}, {type(self.model).__name__}, {state})\n"
+        text = (f"PruningHandle({self.method.name}, {type(self.model).__name__}, {state})\n"
                 f"  config:   {self.method.config}\n  schedule: {self.schedule}")
+        return text + (f"\n  graphs:   {self.graphs}" if self.graphs is not None else "")
 
 
 def plan(model: nn.Module, method: str = "visiondrop", *, budget: int | None = None,
@@ -67,7 +72,8 @@ def _planned(model, method, budget, schedule, options):
 
 
 def apply(model: nn.Module, method: str = "visiondrop", *, budget: int | None = None,
-          schedule: Schedule | None = None, **options) -> PruningHandle:
+          schedule: Schedule | None = None, cuda_graphs: bool | str = False, max_graphs: int = 8,
+          **options) -> PruningHandle:
     """Prune ``model``'s visual tokens with ``method`` until the handle is removed.
 
     Args:
@@ -76,6 +82,13 @@ def apply(model: nn.Module, method: str = "visiondrop", *, budget: int | None = 
         method: a registered method name (:func:`visiondrop.available_methods`).
         budget: visual tokens per image averaged over the LLM's decoder layers.
         schedule: an explicit :class:`~visiondrop.Schedule` instead of ``budget``.
+        cuda_graphs: replay each prompt layout's prefill from a CUDA graph, through the
+            model's own ``forward`` and ``generate()`` (:mod:`visiondrop.models.graphs`):
+            a layout's first prefill runs eagerly, the next one is captured, later ones
+            replay. ``"frozen"``: the same path without a graph (any device; a check).
+            LLaVA-1.5, LLaVA-NeXT, Video-LLaVA and LLaVA-OneVision (with an encoder
+            stage), methods with fixed shapes.
+        max_graphs: layouts that keep their graph (least recently used first out).
         **options: method options (e.g. ``positions="keep"``), validated here.
 
     Raises:
@@ -90,9 +103,13 @@ def apply(model: nn.Module, method: str = "visiondrop", *, budget: int | None = 
     if existing is not None and existing.active:
         raise RuntimeError("model already has an active visiondrop handle; call handle.remove() first")
     adapter, pruning, runtime, resolved = _planned(model, method, budget, schedule, options)
+    check_graph_options(model, pruning, cuda_graphs, max_graphs, resolved)
     handle = PruningHandle(model, adapter, pruning, resolved)
     lock = CallLock()
     hooks = adapter.install(runtime, resolved, getattr(pruning.config, "positions", "reindex"))
+    if cuda_graphs:
+        handle.graphs = GraphedForward(model, adapter, cuda_graphs, max_graphs)
+        hooks.append(handle.graphs.install())
     hooks += [guard_generate(model, lock), *serialize_calls(model, lock),
               InstanceAttribute(model, _HANDLE_ATTR, handle)]
     hooks.append(plain_deepcopy(model, hooks, lock))  # the copy is made without every entry of ``hooks``

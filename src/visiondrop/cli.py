@@ -72,6 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--device", default=None, help="default: cuda if available")
     bench.add_argument("--generate-batches", default="1,16", help="generate mode: batch sizes")
     bench.add_argument("--generate-tokens", default="1,64", help="generate mode: max_new_tokens of each call")
+    bench.add_argument("--cuda-graphs", action="store_true",
+                       help="generate mode: also time full and each method with apply(..., cuda_graphs=True)")
     bench.add_argument("--mode", choices=("eager", "graph", "both", "generate", "data-parallel"), default="eager",
                        help="eager: every figure, eager prefills; graph: batch-1 TTFT and prefill + N tokens "
                             "with the prefill captured as a CUDA graph (LLaVA-1.5; visiondrop.capture); "
@@ -249,7 +251,8 @@ def bench(args: argparse.Namespace) -> int:
         device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
         config = latency.BenchConfig(model=args.config, methods=methods, budget=args.budget,
                                      repeats=args.repeats, warmup=args.warmup, new_tokens=args.new_tokens,
-                                     dtype=args.dtype, attn=args.attn, device=device, **batches)
+                                     dtype=args.dtype, attn=args.attn, device=device,
+                                     cuda_graphs=args.cuda_graphs, **batches)
     except (_BadArgument, ValueError) as error:
         print(f"visiondrop: {error}", file=sys.stderr)
         return 2

@@ -12,7 +12,15 @@ operations and kernel launches in all, and those inside the library's hook bodie
 (``@machinery``, :mod:`visiondrop.timing`), per hook: the count the next change to a
 stage is judged by.
 
-On the CPU the same bookkeeping runs (the tests); no timing is asserted there.
+With ``cuda_graphs``, the same calls again with ``apply(..., cuda_graphs=True)``:
+``full+graphs`` (method ``none``: the unpruned model under the same graphs) and
+``<method>+graphs``. Their handles stay applied for the whole run, so that their graphs
+survive between rounds, and are detached while another variant runs. The warm-up rounds
+capture (a layout's first prefill runs eagerly, its second is captured): give
+``warmup >= 2``.
+
+On the CPU the same bookkeeping runs (the tests; graphs in ``"frozen"`` mode); no
+timing is asserted there.
 """
 
 from __future__ import annotations
@@ -23,7 +31,9 @@ from dataclasses import asdict
 
 import torch
 
-from .latency import BenchConfig, Figure, build_model, checked_variants, environment, make_inputs
+from ..api import apply
+from ..models.guards import detached
+from .latency import BenchConfig, Figure, Variant, build_model, checked_variants, environment, make_inputs
 
 #: the host-side calls that start device work, as the profiler names them
 LAUNCHES = ("cudaLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernel", "cuLaunchKernelEx", "cudaMemcpyAsync",
@@ -49,15 +59,66 @@ def case_label(key: str) -> str:
     return f"b{batch}, {tokens} new"
 
 
+class GraphVariant(Variant):
+    """``method`` with ``cuda_graphs`` (``"frozen"`` off CUDA). One handle for the whole
+    run: applied at the first activation, detached (:func:`~visiondrop.models.guards.detached`)
+    while other variants run, removed by :meth:`close`."""
+
+    def __init__(self, name: str, method: str, budget: int | None) -> None:
+        super().__init__(f"{name}+graphs", method, budget)
+        self._detached = None
+
+    def activate(self, model) -> None:
+        if self.handle is None:
+            mode = True if next(model.parameters()).device.type == "cuda" else "frozen"
+            self.handle = apply(model, self.method, budget=self.budget, cuda_graphs=mode)
+        elif self._detached is not None:
+            self._detached.__exit__(None, None, None)
+            self._detached = None
+
+    def deactivate(self) -> None:
+        if self.handle is not None and self._detached is None:
+            self._detached = detached(self.handle._hooks)
+            self._detached.__enter__()
+
+    def close(self) -> None:
+        if self.handle is not None:
+            self.activate(self.handle.model)
+            self.handle.remove()
+            self.handle = None
+
+
+def graph_variants(config: BenchConfig, model) -> list[GraphVariant]:
+    """``full+graphs`` and each method with fixed shapes ``+graphs``, each checked by one
+    activation (a method that cannot be captured is left out, as apply refuses it)."""
+    from ..methods import get_method
+
+    variants = [GraphVariant("full", "none", None)]
+    variants += [GraphVariant(m, m, config.budget) for m in config.methods if get_method(m).fixed_shapes]
+    for variant in variants:
+        variant.activate(model)
+        variant.deactivate()
+    return variants
+
+
 def run_generate(config: BenchConfig, model=None, progress: bool = True) -> dict:
     """Every variant's ``generate()`` time at each batch and token count, interleaved, and
     its batch-1 prefill's operation counts; returns a JSON-able dict."""
-    from tqdm.auto import tqdm
-
     device = torch.device(config.device)
     if model is None:
         model = build_model(config.model, config.dtype, config.device, config.attn)
     variants = checked_variants(config, model)
+    graphed = graph_variants(config, model) if config.cuda_graphs else []
+    try:
+        return _run(config, model, variants + graphed, device, progress)
+    finally:
+        for variant in graphed:
+            variant.close()
+
+
+def _run(config: BenchConfig, model, variants: list, device: torch.device, progress: bool) -> dict:
+    from tqdm.auto import tqdm
+
     inputs = {b: make_inputs(model, b, config.text_tokens, config.image_size) for b in config.generate_batches}
     samples: dict[str, dict[str, list[float]]] = {v.name: {} for v in variants}
     cases = [(b, n) for b in config.generate_batches for n in config.generate_tokens]
@@ -78,13 +139,17 @@ def run_generate(config: BenchConfig, model=None, progress: bool = True) -> dict
         operations = {v.name: _operations(v, model, one, device) for v in variants}
     figures = {name: {key: asdict(Figure.of(values)) for key, values in by_key.items()}
                for name, by_key in samples.items()}
-    return {"config": asdict(config), "figures": figures, "operations": operations,
+    # how often each graph variant captured and replayed: every timed call should replay
+    graphs = {v.name: {"captures": v.handle.graphs.captures, "replays": v.handle.graphs.replays}
+              for v in variants if isinstance(v, GraphVariant)}
+    return {"config": asdict(config), "figures": figures, "operations": operations, "graphs": graphs,
             "environment": environment(device)}
 
 
 def _operations(variant, model, inputs, device: torch.device) -> dict:
-    """Top-level operations and launches of one batch-1 prefill (after one untimed run),
-    in all and inside each ``visiondrop::`` hook range."""
+    """Top-level operations and launches of one batch-1 prefill (after untimed runs:
+    a graph variant's layout is captured by then), in all and inside each
+    ``visiondrop::`` hook range."""
     from torch.profiler import ProfilerActivity, profile
 
     from ..timing import measure_machinery
@@ -92,7 +157,8 @@ def _operations(variant, model, inputs, device: torch.device) -> dict:
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     variant.activate(model)
     try:
-        variant.prefill(model, inputs)
+        for _ in range(3):
+            variant.prefill(model, inputs)
         with profile(activities=activities) as prof, measure_machinery():  # names the hook ranges
             variant.prefill(model, inputs)
             if device.type == "cuda":
@@ -144,17 +210,22 @@ def to_markdown(result: dict) -> str:
         cells = [name]
         for key in keys:
             value, full = by_key[key]["median"], figures["full"][key]["median"]
-            cells.append(f"{value:.1f}" if name == "full" else f"{value:.1f} ({full / value:.2f}x)")
+            cell = f"{value:.1f}" if name == "full" else f"{value:.1f} ({full / value:.2f}x)"
+            if name.endswith("+graphs") and name != "full+graphs" and "full+graphs" in figures:
+                cell = cell[:-1] + f"; {figures['full+graphs'][key]['median'] / value:.2f}x graphed full)"
+            cells.append(cell)
         ops = result["operations"][name]
         cells.append(f"{ops['ops']} ({ops['machinery_ops']})")
         cells.append(f"{ops['launches']} ({ops['machinery_launches']})" if ops["launches"] else "n/a (CPU)")
         lines.append("| " + " | ".join(cells) + " |")
     env, config = result["environment"], result["config"]
+    graphed = ("" if "full+graphs" not in figures else " (eager); graphed full: over `full+graphs`, the unpruned "
+               "model under the same graphs (method `none`)")
     lines += ["", f"`model.generate(**inputs, max_new_tokens=N)` wall clock, ms; {config['model']}, budget "
               f"{config['budget']}, {config['text_tokens']} text tokens, {config['dtype']}, {config['attn']}; median "
               f"of {config['repeats']} interleaved repeats after {config['warmup']} warm-up; "
               f"{env.get('gpu', env['device'])}, torch {env['torch']}, transformers {env['transformers']}, "
-              f"{env['date']}. (x): speed-up over full. ops / launches: one batch-1 prefill, in all "
+              f"{env['date']}. (x): speed-up over full{graphed}. ops / launches: one batch-1 prefill, in all "
               "(inside the library's hooks)."]
     per_hook = {name: ops["per_hook"] for name, ops in result["operations"].items() if ops["per_hook"]}
     if per_hook:

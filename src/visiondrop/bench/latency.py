@@ -53,6 +53,7 @@ class BenchConfig:
     image_size: tuple[int, int] | None = None  # anyres models: the image (H, W); default the largest grid
     generate_batches: tuple[int, ...] = (1, 16)  # --mode generate: batches of model.generate()
     generate_tokens: tuple[int, ...] = (1, 64)  # --mode generate: max_new_tokens of each call
+    cuda_graphs: bool = False  # --mode generate: also full and each method with apply(..., cuda_graphs=True)
 
     def __post_init__(self) -> None:
         for name in ("budget", "repeats", "decode_steps", "new_tokens"):
@@ -132,6 +133,14 @@ def make_inputs(model, batch: int, text_tokens: int, image_size=None, seed: int 
 
 
 # ---------------------------------------------------------------------- variants
+def media_tokens(model) -> list[int]:
+    """The placeholder ids a random-weight model could generate: every variant suppresses
+    them alike (a pruned prompt refuses an image token after its prefill)."""
+    config = model.config
+    return [t for t in (getattr(config, "image_token_id", None), getattr(config, "video_token_id", None))
+            if t is not None]
+
+
 class Variant:
     """One column of the benchmark: how to prepare the model and run a prefill."""
 
@@ -152,7 +161,8 @@ class Variant:
         return model(**inputs, use_cache=use_cache, logits_to_keep=1)
 
     def generate(self, model, inputs, new_tokens: int):
-        return model.generate(**inputs, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False)
+        return model.generate(**inputs, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
+                              suppress_tokens=media_tokens(model))
 
 
 class IdealVariant(Variant):
@@ -194,7 +204,7 @@ class IdealVariant(Variant):
     def generate(self, model, inputs, new_tokens: int):
         embeds = self._embeds(model, inputs)
         return model.generate(inputs_embeds=embeds, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
-                              do_sample=False)
+                              do_sample=False, suppress_tokens=media_tokens(model))
 
 
 def checked_variants(config: BenchConfig, model) -> list[Variant]:

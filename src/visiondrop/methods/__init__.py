@@ -24,12 +24,14 @@ def get_method(name: str) -> type[PruningMethod]:
 
 
 def available_methods() -> dict[str, str]:
-    """Method name -> one-line summary."""
-    return {name: cls.summary for name, cls in sorted(_REGISTRY.items())}
+    """Pruning method name -> one-line summary (``none``, the unpruned baseline that
+    :func:`get_method` also knows, is not listed: tools that loop over methods skip it)."""
+    return {name: cls.summary for name, cls in sorted(_REGISTRY.items()) if cls.listed}
 
 
 # Each module registers its method(s) on import.
 from . import fastv as _fastv  # noqa: E402,F401
+from . import none as _none  # noqa: E402,F401
 from . import pdrop as _pdrop  # noqa: E402,F401
 from . import pool as _pool  # noqa: E402,F401
 from . import random as _random  # noqa: E402,F401

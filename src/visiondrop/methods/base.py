@@ -167,6 +167,8 @@ class PruningMethod(ABC):
     #: every reduction's output shape follows from the schedule alone, so a prefill can be
     #: captured as a CUDA graph (:mod:`visiondrop.capture`); False: it depends on the data
     fixed_shapes: ClassVar[bool] = True
+    #: listed by ``available_methods()`` (False: a baseline reachable by name only)
+    listed: ClassVar[bool] = True
 
     def __init__(self, config) -> None:
         self.config = config

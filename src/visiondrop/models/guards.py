@@ -132,9 +132,11 @@ def plain_deepcopy(model, handles: list, lock: CallLock) -> InstanceAttribute:
 
 @contextmanager
 def detached(handles: list):
-    """The model as if ``handles`` were removed; afterwards every hook dictionary is
-    restored as it was, order included (a user's hooks may sit around ours)."""
-    saved: dict[int, tuple[dict, dict]] = {}
+    """The model as if ``handles`` were removed; afterwards their hooks are back where
+    they were in each hook dictionary, order included (a user's hooks may sit around
+    ours). Hooks others added or removed meanwhile stay so (transformers registers
+    some on first use)."""
+    saved: dict[int, tuple[dict, dict, set]] = {}
     attributes = []
     for handle in handles:
         if isinstance(handle, InstanceAttribute):
@@ -144,13 +146,17 @@ def detached(handles: list):
         for ref in (handle.hooks_dict_ref, *handle.extra_dict_ref):
             hooks = ref()
             if hooks is not None:
-                saved.setdefault(id(hooks), (hooks, dict(hooks)))
+                saved.setdefault(id(hooks), (hooks, dict(hooks), set()))[2].add(handle.id)
                 hooks.pop(handle.id, None)
     try:
         yield
     finally:
-        for hooks, before in saved.values():
+        for hooks, before, ours in saved.values():
+            now = dict(hooks)
+            merged = {key: value if key in ours else now[key] for key, value in before.items()
+                      if key in ours or key in now}
+            merged.update((key, value) for key, value in now.items() if key not in merged)
             hooks.clear()
-            hooks.update(before)
+            hooks.update(merged)
         for handle, value in attributes:
             vars(handle.obj)[handle.name] = value

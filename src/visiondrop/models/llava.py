@@ -55,6 +55,9 @@ def find_segments(flags: torch.Tensor, unit: int, what: str = "image") -> list[S
 
 class LlavaAdapter(ForwardHooks, ModelAdapter):
     model_classes = ("LlavaForConditionalGeneration",)
+    #: what ``_image_segments`` leaves on the adapter beside the segments (image sizes,
+    #: modalities): remembered with them when a frozen prefill plans once (capture.py)
+    layout_attributes: tuple[str, ...] = ()
 
     def __init__(self, model) -> None:
         super().__init__(model)
@@ -182,7 +185,9 @@ class LlavaAdapter(ForwardHooks, ModelAdapter):
                                  "passing inputs_embeds with images is not supported")
             return (), kwargs
         # a captured prefill (capture.py) replays one layout: found once, on the host
-        segments = remembered(("segments", id(self)), lambda: self._image_segments(input_ids, kwargs))
+        segments, state = remembered(("segments", id(self)), lambda: (
+            self._image_segments(input_ids, kwargs), {name: getattr(self, name) for name in self.layout_attributes}))
+        vars(self).update(state)
         batch, length = input_ids.shape
         self.report = PruningReport(batch, len(self.language_model.layers))
         if not segments:

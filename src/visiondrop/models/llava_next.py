@@ -29,7 +29,7 @@ from __future__ import annotations
 import torch
 from transformers.models.llava_next.modeling_llava_next import get_anyres_image_grid_shape, image_size_to_num_patches
 
-from ..core.layout import Segment
+from ..core.layout import Segment, host_to_device
 from ..methods.base import PruningMethod
 from ..report import SegmentRecord, StageRecord
 from ..schedule import Schedule, scale_stages
@@ -44,6 +44,7 @@ NEWLINE = -2
 class LlavaNextAdapter(LlavaAdapter):
     model_classes = ("LlavaNextForConditionalGeneration",)
     options = {"newline": ("drop", "end")}
+    layout_attributes = ("_prefill_sizes",)
 
     def __init__(self, model) -> None:
         super().__init__(model)
@@ -56,6 +57,7 @@ class LlavaNextAdapter(LlavaAdapter):
         self.units = max(h // self.crop_size * (w // self.crop_size) for h, w in self.pinpoints) + 1
         self.newline = "drop"
         self._sizes: list[tuple[int, int]] | None = None  # image sizes of the last encoder pass
+        self._prefill_sizes: list | None = None  # each image's size (its key on OneVision), in sequence order
         self._layouts: dict[tuple[int, int], torch.Tensor] = {}
 
     def plan(self, method: PruningMethod) -> tuple[PruningMethod, Schedule]:
@@ -162,8 +164,9 @@ class LlavaNextAdapter(LlavaAdapter):
         and does not pass them on)."""
         self._sizes = [tuple(int(v) for v in size) for size in image_sizes.tolist()]
         if self.schedule.encoder is None:
-            return self._original_pack(image_features, image_sizes, vision_feature_select_strategy,
-                                       image_newline=image_newline)
+            if image_newline is None:
+                return self._original_pack(image_features, image_sizes, vision_feature_select_strategy)
+            return self._pack_as_transformers(image_features, image_newline)
         reduction, encoder_patches, out_patches = self._pending
         spec = self.schedule.encoder
         side = self.crop_size // self.model.config.vision_config.patch_size
@@ -199,11 +202,27 @@ class LlavaNextAdapter(LlavaAdapter):
             lengths.append(packed.shape[0])
             patch_lists.append(torch.cat(ids))
         self._release_patches = patch_lists
-        return images, torch.tensor(lengths, dtype=torch.long, device=image_features[0].device)
+        return images, host_to_device(torch.tensor(lengths, dtype=torch.long), image_features[0].device)
+
+    def _pack_as_transformers(self, image_features, image_newline):
+        """transformers' packed layout (unpadded crops, a newline after each row of
+        patches) as one gather per image along :meth:`_packed_ids`: no device-to-host
+        copy or sync (transformers' own copies the lengths from host memory), so a CUDA
+        graph can hold it (``apply(..., cuda_graphs=True)``)."""
+        images, lengths = [], []
+        for features, size in zip(image_features, self._sizes):
+            ids = self._packed_ids(size)
+            flat = features.reshape(-1, features.shape[-1])
+            # the newline is the row after the last patch
+            index = torch.where(ids == NEWLINE, flat.shape[0], ids)
+            table = torch.cat([flat, image_newline[None].to(flat)])
+            images.append(table[host_to_device(index, flat.device)])
+            lengths.append(len(ids))
+        return images, host_to_device(torch.tensor(lengths, dtype=torch.long), image_features[0].device)
 
     def _entry_patches(self, segments, device) -> tuple[list[torch.Tensor], int]:
         if self.schedule.encoder is None:
-            patches = [self._packed_ids(size).to(device) for size in self._prefill_sizes]
+            patches = [host_to_device(self._packed_ids(size), device) for size in self._prefill_sizes]
             return patches, [torch.arange(len(p), device=device) for p in patches]
         if self._pending is None:
             raise RuntimeError("visiondrop: the image tokens entered the LM without an encoder pass")

@@ -61,6 +61,7 @@ def image_input_key() -> str:
 
 class VideoLlavaAdapter(LlavaAdapter):
     model_classes = ("VideoLlavaForConditionalGeneration",)
+    layout_attributes = ("_modalities",)
 
     def __init__(self, model) -> None:
         ModelAdapter.__init__(self, model)
