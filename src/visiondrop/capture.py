@@ -34,30 +34,10 @@ import torch
 from torch import nn
 
 from .core.layout import frozen_plans
+from .models.graphs import PlaceholderMask
 
 _HANDLE_ATTR = "_visiondrop_handle"  # api.py's attribute: the handle active on a model
 SUPPORTED = ("LlavaForConditionalGeneration",)
-
-
-class _PlaceholderMask:
-    """``get_placeholder_mask`` of one LLaVA model without transformers' count check,
-    which reads a device tensor on the host (not allowed while a graph is captured).
-    The captured layout was checked on the host instead. Set on the instance only,
-    while warming up and capturing."""
-
-    def __init__(self, base: nn.Module, image_token_id: int) -> None:
-        self.base, self.image_token_id = base, image_token_id
-
-    def __call__(self, input_ids, inputs_embeds=None, image_features=None, **_):
-        return (input_ids == self.image_token_id).unsqueeze(-1).to(inputs_embeds.device)
-
-    def __enter__(self):
-        self.base.get_placeholder_mask = self
-        return self
-
-    def __exit__(self, *exc):
-        if vars(self.base).get("get_placeholder_mask") is self:
-            del self.base.get_placeholder_mask
 
 
 class CapturedPrefill:
@@ -111,7 +91,7 @@ class CapturedPrefill:
         self.static_ids = torch.empty(input_ids.shape, dtype=torch.long, device=self.device)
         self.static_pixels = torch.empty(pixel_values.shape, dtype=model.dtype, device=self.device)
         self._load(input_ids, pixel_values)
-        with _PlaceholderMask(model.model, self.image_token_id), torch.no_grad():
+        with PlaceholderMask(model.model), torch.no_grad():
             if self.graph:
                 self._capture(warmup)
             else:
@@ -191,7 +171,7 @@ class CapturedPrefill:
         that checked the layout themselves). Use the call for anything else."""
         self._load(input_ids, pixel_values)
         if not self.graph:
-            with _PlaceholderMask(self.model.model, self.image_token_id):
+            with PlaceholderMask(self.model.model):
                 return self._run()
         self.cuda_graph.replay()
         return self.output
