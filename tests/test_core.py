@@ -15,6 +15,7 @@ from visiondrop.core import (
     visual_query_scores,
 )
 from visiondrop.core.layout import Segment
+from visiondrop.core.merging import merge_like
 
 
 def naive_probs(q, k, scale, mask=None):
@@ -103,6 +104,18 @@ def test_contextual_merge_lonely_target_and_edges():
     assert (nothing.merged_into == -1).all()
     with pytest.raises(ValueError, match="num_contextual"):
         contextual_merge(hidden, metric, dominant, 4)
+
+
+@pytest.mark.parametrize("contextual", [0, 1, 3, 5])
+def test_merge_like_repeats_a_merge_on_other_features(contextual):
+    hidden = torch.randn(3, 12, 4)
+    metric = torch.randn(3, 12, 6)
+    dominant = torch.tensor([[0, 5, 7], [1, 2, 3], [9, 10, 11]])
+    merge = contextual_merge(hidden, metric, dominant, contextual)
+    torch.testing.assert_close(merge_like(hidden, merge), merge.tokens)  # the same features: the same tokens
+    other = torch.randn(3, 12, 2)  # other features of the same tokens follow the same assignment
+    expected = contextual_merge(other, metric, dominant, contextual).tokens
+    torch.testing.assert_close(merge_like(other, merge), expected)
 
 
 def test_layout_left_padding_two_rows():

@@ -104,3 +104,32 @@ def contextual_merge(
     slots = torch.arange(num_contextual, device=hidden.device).expand(num_segments, -1)
     merged_into.scatter_(1, picked, torch.cat([slots, assignment], dim=1))
     return ContextualMerge(tokens, targets, merged_into)
+
+
+def merge_like(features: torch.Tensor, merge: ContextualMerge) -> torch.Tensor:
+    """Other features of the same tokens merged by an existing assignment: each
+    contextual token is its target's ``features`` + the mean of its members', as
+    :func:`contextual_merge` made ``merge.tokens`` (Qwen3-VL's DeepStack features follow
+    the main features' merge this way).
+
+    Args:
+        features: ``(S, N, W)``, one row per input token of ``merge``'s stage.
+        merge: the stage's :class:`ContextualMerge`.
+
+    Returns:
+        ``(S, C, W)`` in ``features``' dtype.
+    """
+    num_segments, _, width = features.shape
+    num_contextual = merge.targets.shape[1]
+    if num_contextual == 0:
+        return features.new_zeros(num_segments, 0, width)
+    slots = merge.merged_into.clone()
+    slots.scatter_(1, merge.targets, -1)  # a target is its token's base, not one of its members
+    member = slots >= 0
+    index = slots.clamp(min=0)
+    values = features.float() * member[..., None]
+    sums = values.new_zeros(num_segments, num_contextual, width)
+    sums.scatter_add_(1, index[..., None].expand(-1, -1, width), values)
+    counts = values.new_zeros(num_segments, num_contextual).scatter_add_(1, index, member.float())
+    base = features.gather(1, merge.targets[..., None].expand(-1, -1, width)).float()
+    return (base + sums / counts.clamp(min=1)[..., None]).to(features.dtype)

@@ -9,10 +9,11 @@ from .llava import LlavaAdapter
 from .llava_next import LlavaNextAdapter
 from .llava_onevision import LlavaOnevisionAdapter
 from .qwen2_5_vl import Qwen2_5_VLAdapter
+from .qwen3_vl import Qwen3VLAdapter
 from .video_llava import VideoLlavaAdapter
 
 ADAPTERS: tuple[type[ModelAdapter], ...] = (LlavaAdapter, LlavaNextAdapter, LlavaOnevisionAdapter,
-                                            VideoLlavaAdapter, Qwen2_5_VLAdapter)
+                                            VideoLlavaAdapter, Qwen2_5_VLAdapter, Qwen3VLAdapter)
 
 
 def supported_models() -> list[str]:

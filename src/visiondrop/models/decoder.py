@@ -425,13 +425,15 @@ class DecoderPruner:
         head_dim = attn.head_dim
         cos, sin = cos_sin
         normed = layer.input_layernorm(of_rows(score_hidden))
-        keys = attn.k_proj(normed).view(len(segments), length, -1, head_dim).transpose(1, 2)
+        # Qwen3 and Gemma 3 normalise each head's queries and keys before RoPE
+        q_norm, k_norm = (getattr(attn, name, None) or nn.Identity() for name in ("q_norm", "k_norm"))
+        keys = k_norm(attn.k_proj(normed).view(len(segments), length, -1, head_dim)).transpose(1, 2)
         cos, sin = (of_rows(cos), of_rows(sin)) if cos.shape[0] == batch else (cos, sin)
         local = torch.arange(len(segments), device=device)[:, None]
 
         def project_queries(cols: torch.Tensor) -> torch.Tensor:
             picked = normed[local, cols]
-            queries = attn.q_proj(picked).view(*cols.shape, -1, head_dim).transpose(1, 2)
+            queries = q_norm(attn.q_proj(picked).view(*cols.shape, -1, head_dim)).transpose(1, 2)
             return apply_rope(queries, cos.expand(len(segments), -1, -1)[local, cols],
                               sin.expand(len(segments), -1, -1)[local, cols])
 

@@ -120,6 +120,10 @@ def token_major(positions: torch.Tensor) -> torch.Tensor:
 
 class Qwen2_5_VLAdapter(ForwardHooks, ModelAdapter):
     model_classes = ("Qwen2_5_VLForConditionalGeneration",)
+    model_name = "Qwen2.5-VL"
+    #: media whose features the encoder stage reduces (``get_{modality}_features`` wrapped)
+    modalities = MODALITIES
+    refused = REFUSED
 
     def __init__(self, model) -> None:
         super().__init__(model)
@@ -149,8 +153,9 @@ class Qwen2_5_VLAdapter(ForwardHooks, ModelAdapter):
                              llm_tokens=tokens, has_cls=False, modality=modality)
 
     def plan(self, method: PruningMethod) -> tuple[PruningMethod, Schedule]:
-        if method.name in REFUSED:
-            raise ValueError(f"method {method.name!r} is not supported on Qwen2.5-VL: {REFUSED[method.name]}")
+        if method.name in self.refused:
+            raise ValueError(f"method {method.name!r} is not supported on {self.model_name}: "
+                             f"{self.refused[method.name]}")
         budget = getattr(method.config, "budget", None)
         schedule = getattr(method.config, "schedule", None)
         if isinstance(budget, int) and not isinstance(budget, bool) and budget < 1:
@@ -205,7 +210,7 @@ class Qwen2_5_VLAdapter(ForwardHooks, ModelAdapter):
         ]
         if schedule.encoder is not None:
             handles.append(self.score_block.register_forward_pre_hook(self._score_pre_hook, with_kwargs=True))
-            handles += [self._wrap_features(modality) for modality in MODALITIES]
+            handles += [self._wrap_features(modality) for modality in self.modalities]
         handles += self.pruner.register()
         return handles
 
@@ -250,14 +255,11 @@ class Qwen2_5_VLAdapter(ForwardHooks, ModelAdapter):
     def _reduce_features(self, modality: str, output, grid: torch.Tensor) -> None:
         if not hasattr(output, "pooler_output") or "vision" not in self._stash:
             raise RuntimeError("visiondrop: the vision tower ran without its scores (return_dict=False?)")
-        scores, metric = self._stash.pop("vision")
-        config = self.visual.config
-        window_index, _ = get_vision_window_index(grid, self.merge, config.window_size, config.patch_size)
-        raster = torch.argsort(window_index).to(scores.device)  # the tower's own reverse_indices
+        scores, metric = self._raster_order(*self._stash.pop("vision"), grid)
         sizes = (grid.prod(-1) // self.merge ** 2).tolist()
         reduced, reductions = [], []
-        for features, image_scores, image_metric in zip(output.pooler_output, scores[raster].split(sizes),
-                                                        metric[raster].split(sizes)):
+        for features, image_scores, image_metric in zip(output.pooler_output, scores.split(sizes),
+                                                        metric.split(sizes)):
             schedule = self._segment_schedule(features.shape[0], modality)
             if schedule is None:
                 reduced.append(features)
@@ -270,8 +272,20 @@ class Qwen2_5_VLAdapter(ForwardHooks, ModelAdapter):
             reduced.append(torch.cat([kept, reduction.merge.tokens[0].to(kept.dtype)]))
             reductions.append(reduction)
         output.pooler_output = tuple(reduced)
+        self._reduce_more(output, sizes, reductions)
         # Kept until the next encoder pass: generate(use_cache=False) encodes once.
         self._reductions[modality] = list(zip(sizes, reductions))
+
+    def _raster_order(self, scores, metric, grid):
+        """Per merged token in raster order: the windowed tower puts its tokens in window
+        order (the tower's own ``reverse_indices`` undo it)."""
+        config = self.visual.config
+        window_index, _ = get_vision_window_index(grid, self.merge, config.window_size, config.patch_size)
+        raster = torch.argsort(window_index).to(scores.device)
+        return scores[raster], metric[raster]
+
+    def _reduce_more(self, output, sizes: list[int], reductions: list) -> None:  # noqa: B027 (optional override)
+        """Other per-token encoder outputs that must follow each image's reduction."""
 
     # ------------------------------------------------------------------ model
     def _prefill(self, kwargs, cache):
@@ -323,7 +337,7 @@ class Qwen2_5_VLAdapter(ForwardHooks, ModelAdapter):
     def _check_runs(self, runs, kwargs) -> None:
         """Each placeholder run must be one whole image (video) of the grid, in order."""
         if kwargs.get("mm_token_type_ids") is None:
-            raise ValueError("mm_token_type_ids: Qwen2.5-VL needs it for its mRoPE positions (without it "
+            raise ValueError(f"mm_token_type_ids: {self.model_name} needs it for its mRoPE positions (without it "
                              "transformers silently falls back to 1-D positions); pass the processor's output")
         encoded = bool(kwargs.get("mm_encoder_outputs"))
         for modality in MODALITIES:
@@ -350,10 +364,13 @@ class Qwen2_5_VLAdapter(ForwardHooks, ModelAdapter):
                              "(or image_grid_thw / video_grid_thw)")
         positions, deltas = self.base.get_rope_index(
             input_ids, kwargs["mm_token_type_ids"], image_grid_thw=kwargs.get("image_grid_thw"),
-            video_grid_thw=kwargs.get("video_grid_thw"), second_per_grid_ts=kwargs.get("second_per_grid_ts"),
-            attention_mask=kwargs.get("attention_mask"))
+            video_grid_thw=kwargs.get("video_grid_thw"), attention_mask=kwargs.get("attention_mask"),
+            **self._rope_extra(kwargs))
         self.base.rope_deltas = deltas  # as the unpruned forward leaves it
         return positions
+
+    def _rope_extra(self, kwargs) -> dict:
+        return {"second_per_grid_ts": kwargs.get("second_per_grid_ts")}
 
     def _entry_patches(self, runs, device) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """Patch ids (raster merged-token indices) of each segment's tokens at LM entry,
