@@ -30,15 +30,20 @@ def tiny_qwen(seed: int = 0, num_layers: int = 8, attn: str = "sdpa"):
                          rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]},
                          pad_token_id=PAD, bos_token_id=1, eos_token_id=EOS),
         image_token_id=IMG, video_token_id=VID, vision_start_token_id=VSTART, vision_end_token_id=VEND)
-    model = Qwen2_5_VLForConditionalGeneration(config).eval()
-    model.set_attn_implementation(attn)
-    with torch.no_grad():  # peaky attention, so token choices are not ties
+    return prepared(Qwen2_5_VLForConditionalGeneration(config), attn)
+
+
+def prepared(model, attn: str):
+    """``model`` in eval mode with ``attn``, peaky attention (so token choices are not
+    ties), no vision tokens generated, and always ``max_new_tokens``."""
+    model.eval().set_attn_implementation(attn)
+    with torch.no_grad():
         for name, param in model.named_parameters():
             if name.endswith(("proj.weight", "qkv.weight")):
                 param.mul_(4.0)
-        model.lm_head.weight[[VSTART, VEND, IMG, VID]] = 0  # never generate vision tokens
+        model.lm_head.weight[[VSTART, VEND, IMG, VID]] = 0
     model.generation_config.pad_token_id = PAD
-    model.generation_config.eos_token_id = None  # always max_new_tokens
+    model.generation_config.eos_token_id = None
     return model
 
 

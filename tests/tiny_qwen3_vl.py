@@ -9,7 +9,7 @@ levels: features added after LM layers 0 and 1). LM: 8 Qwen3 layers with GQA (4 
 from __future__ import annotations
 
 import torch
-from tiny_qwen2_5_vl import EOS, IMG, PAD, VEND, VID, VOCAB, VSTART
+from tiny_qwen2_5_vl import EOS, IMG, PAD, VEND, VID, VOCAB, VSTART, prepared
 
 
 def tiny_qwen3(seed: int = 0, num_layers: int = 8, attn: str = "sdpa", moe: bool = False):
@@ -36,13 +36,4 @@ def tiny_qwen3(seed: int = 0, num_layers: int = 8, attn: str = "sdpa", moe: bool
                                  else (Qwen3VLConfig, Qwen3VLForConditionalGeneration))
     config = config_class(vision_config=vision, text_config=text, image_token_id=IMG, video_token_id=VID,
                           vision_start_token_id=VSTART, vision_end_token_id=VEND, tie_word_embeddings=False)
-    model = model_class(config).eval()
-    model.set_attn_implementation(attn)
-    with torch.no_grad():  # peaky attention, so token choices are not ties
-        for name, param in model.named_parameters():
-            if name.endswith(("proj.weight", "qkv.weight")):
-                param.mul_(4.0)
-        model.lm_head.weight[[VSTART, VEND, IMG, VID]] = 0  # never generate vision tokens
-    model.generation_config.pad_token_id = PAD
-    model.generation_config.eos_token_id = None  # always max_new_tokens
-    return model
+    return prepared(model_class(config), attn)
