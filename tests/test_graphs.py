@@ -101,11 +101,13 @@ def test_a_layout_is_captured_on_its_second_sight_and_a_changed_one_is_new(model
         assert (graphed.captures, graphed.replays) == (1, 2)
 
 
-@pytest.mark.parametrize("case", ["padded", "gradients", "no pixels", "labels"])
+@pytest.mark.parametrize("case", ["padded", "gradients", "no pixels", "labels", "embeddings"])
 def test_calls_outside_a_fixed_layout_run_eagerly(model, case):
     batch = image_prompt(model, [6, 3] if case == "padded" else [6, 6], seed=1)
     if case == "no pixels":
         batch = {"input_ids": torch.randint(10, 100, (2, 9))}
+    if case == "embeddings":  # a tensor argument that sends the call eagerly: never read as a truth value
+        batch = {"inputs_embeds": model.get_input_embeddings()(torch.randint(10, 100, (2, 9)))}
     with visiondrop.apply(model, budget=64, cuda_graphs="frozen") as handle:
         for _ in range(3):
             if case == "gradients":

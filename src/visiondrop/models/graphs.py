@@ -226,6 +226,12 @@ class PrefillGraph:
         return result
 
 
+def _is_set(value) -> bool:
+    """Whether an argument was given (a tensor, True, a non-empty dict), without taking a
+    tensor's truth value."""
+    return value is not None and value is not False and not (isinstance(value, dict) and not value)
+
+
 def _static_copy(name: str, value):
     if not isinstance(value, torch.Tensor):
         return value
@@ -268,7 +274,7 @@ class GraphedForward:
 
     def layout(self, kwargs: dict):
         """The call's layout key, or None: this call runs eagerly."""
-        if torch.is_grad_enabled() or any(kwargs.get(name) for name in _EAGER_WHEN_SET):
+        if torch.is_grad_enabled() or any(_is_set(kwargs.get(name)) for name in _EAGER_WHEN_SET):
             return None
         ids = kwargs.get("input_ids")
         has_media = any(isinstance(kwargs.get(name), torch.Tensor) for name in _PIXELS)
