@@ -5,6 +5,7 @@ from __future__ import annotations
 from torch import nn
 
 from .base import ModelAdapter
+from .internvl import InternVLAdapter
 from .llava import LlavaAdapter
 from .llava_next import LlavaNextAdapter
 from .llava_onevision import LlavaOnevisionAdapter
@@ -13,7 +14,8 @@ from .qwen3_vl import Qwen3VLAdapter
 from .video_llava import VideoLlavaAdapter
 
 ADAPTERS: tuple[type[ModelAdapter], ...] = (LlavaAdapter, LlavaNextAdapter, LlavaOnevisionAdapter,
-                                            VideoLlavaAdapter, Qwen2_5_VLAdapter, Qwen3VLAdapter)
+                                            VideoLlavaAdapter, Qwen2_5_VLAdapter, Qwen3VLAdapter,
+                                            InternVLAdapter)
 
 
 def supported_models() -> list[str]:

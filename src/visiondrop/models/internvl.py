@@ -1,0 +1,208 @@
+"""InternVL (``InternVLForConditionalGeneration``: InternVL3 and 3.5 as transformers ships
+them): an InternViT tower with a [CLS] token, a pixel shuffle that turns each 2 x 2 block of
+patches into one token (1,024 patches of a 448-px tile -> 256 tokens), an MLP projector, and a
+Qwen2 or Llama LM with 1-D RoPE.
+
+**Tiles.** The processor cuts an image into up to ``max_patches`` 448-px tiles plus a
+thumbnail; ``pixel_values`` holds every tile of the batch, and an image is one placeholder run
+of 256 tokens per tile (no tile count reaches the model: it is the run's length / 256).
+
+**Encoder stage, at the projector's input** (after the pixel shuffle, before the MLP, as the
+LLaVA-1.5 adapter prunes at its projector's input): one stage per tile, on its 256 shuffled
+tokens. Scores stay visual-only (paper, "Visual Query Selection", Eq. 2-4): the mean attention
+each patch receives from the tile's tokens at the feature layer (``vision_feature_layer``),
+from that layer's own normalised queries and keys (any attention backend), summed over the
+2 x 2 block each token stands for, as Qwen2.5-VL's scores are summed over its merger's blocks
+(the token is the block: it should score what the block receives). The merge keys are the
+layer's keys averaged over heads and over the block. The [CLS] token is dropped by the model
+(strategy ``"default"``); it still attends and is attended in the tower, so it shares the
+softmax, but scores only patches.
+
+**Budgets: tokens per tile.** ``budget=B`` is a tile's visual tokens averaged over the LM's
+decoder layers (at most 256); an image of k tiles keeps k x B on average: the encoder stage
+keeps D + C tokens of every tile, and the LLM stages prune the image's tokens together, keeping
+k times a tile's counts (:meth:`~visiondrop.schedule.Schedule.repeated`, as LLaVA-NeXT's crops).
+
+**Methods.** visiondrop, fastv, pdrop, pdrop-visual, sparsevlm, random. Refused: visionzip and
+vispruner (they rank a tile's tokens by [CLS] attention to each; here a token is a 2 x 2 block
+after the shuffle, and summing [CLS] attention per block is not their rule), pool (it pools the
+encoder's patch grid with its own cell rule; the pixel shuffle already fixes the 16 x 16 grid).
+
+Patch ids (in :class:`~visiondrop.report.PruningReport`): tile ``t`` token ``r * 16 + c`` of an
+image is ``t * 256 + r * 16 + c``; a contextual token carries its target's.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import torch
+
+from ..core.layout import Segment
+from ..core.scoring import attention_probs
+from ..methods.base import EncoderStage, ModelGeometry, PruningMethod
+from ..report import SegmentRecord, StageRecord
+from ..schedule import Schedule
+from ..timing import machinery
+from .base import ModelAdapter
+from .decoder import DecoderPruner
+from .llava import LlavaAdapter, placeholder_runs
+
+REFUSED = {
+    "visionzip": "visionzip ranks patches by [CLS] attention; InternVL's tokens are 2 x 2 patch blocks after its "
+                 "pixel shuffle",
+    "vispruner": "vispruner ranks patches by [CLS] attention; InternVL's tokens are 2 x 2 patch blocks after its "
+                 "pixel shuffle",
+    "pool": "pool averages the encoder's patch grid; InternVL's pixel shuffle already fixes its 16 x 16 grid",
+}
+
+
+class InternVLAdapter(LlavaAdapter):
+    model_classes = ("InternVLForConditionalGeneration",)
+    layout_attributes = ("_tiles",)
+
+    def __init__(self, model) -> None:  # noqa: PLR0915 (one constructor, read top to bottom)
+        ModelAdapter.__init__(self, model)
+        config = model.config
+        self.base = model.model
+        self.tower = self.base.vision_tower
+        if getattr(config, "downsample_ratio", 0.5) != 0.5:
+            raise ValueError(f"model: downsample_ratio={config.downsample_ratio} is not supported (0.5 only)")
+        self.strategy = config.vision_feature_select_strategy
+        if self.strategy != "default":
+            raise ValueError(f"model: vision_feature_select_strategy={self.strategy!r} is not supported (the "
+                             "model's own pixel shuffle needs the [CLS] token dropped)")
+        layer = config.vision_feature_layer
+        if not isinstance(layer, int):
+            raise ValueError(f"model: vision_feature_layer={layer!r} (several layers) is not supported")
+        layers = self.tower.encoder.layer
+        self.feature_layer = layers[layer % (len(layers) + 1) - 1] if layer != -1 else layers[-1]
+        self.feature_attention = self.feature_layer.attention
+        vision = config.vision_config
+        size, patch = vision.image_size, vision.patch_size
+        size, patch = (size[0] if isinstance(size, (list, tuple)) else size,
+                       patch[0] if isinstance(patch, (list, tuple)) else patch)
+        self.side = size // patch  # patches per tile side (32 on InternVL3)
+        self.num_patches = self.side ** 2
+        self.has_cls = True  # in the tower; dropped before the shuffle
+        self.encoder_tokens = self.llm_tokens = self.num_patches // 4  # tokens per tile after the shuffle
+        self.patch_offset = 0
+        self.image_token_id = config.image_token_id
+        self.pad_token_id = getattr(config.text_config, "pad_token_id", None) or 0
+        self.language_model = self.base.language_model
+        self._forward_params = list(inspect.signature(self.base.forward).parameters)
+        self._stash: dict = {}
+        self._pending: tuple | None = None
+        self._tiles: list[int] = []  # tiles of each image of the current prefill
+        self.pruner: DecoderPruner | None = None
+
+    def geometry(self) -> ModelGeometry:
+        """One tile: its 256 shuffled tokens (no [CLS] among them)."""
+        return ModelGeometry(num_layers=len(self.language_model.layers), encoder_tokens=self.llm_tokens,
+                             llm_tokens=self.llm_tokens, has_cls=False)
+
+    def plan(self, method: PruningMethod) -> tuple[PruningMethod, Schedule]:
+        if method.name in REFUSED:
+            raise ValueError(f"method {method.name!r} is not supported on InternVL: {REFUSED[method.name]}")
+        return super().plan(method)
+
+    def install(self, method: PruningMethod, schedule: Schedule, positions: str) -> list:
+        self.method, self.schedule = method, schedule
+        self.pruner = DecoderPruner(self.language_model, method, schedule, positions)
+        handles = [
+            self.model.register_forward_pre_hook(self._reject_labels, with_kwargs=True),
+            self.base.register_forward_pre_hook(self._model_pre_hook, with_kwargs=True),
+        ]
+        if schedule.encoder is not None:
+            attention = self.feature_attention
+            handles += [  # after the (optional) q/k norms: what the layer's attention uses
+                attention.q_norm.register_forward_hook(self._stash_output("queries")),
+                attention.k_norm.register_forward_hook(self._stash_output("keys")),
+                self.base.multi_modal_projector.register_forward_pre_hook(self._projector_pre_hook),
+            ]
+        handles += self.pruner.register()
+        return handles
+
+    # --------------------------------------------------------------- encoder
+    def _block_sum(self, per_patch: torch.Tensor) -> torch.Tensor:
+        """``(tiles, side * side, ...)`` per patch -> ``(tiles, side * side / 4, ...)`` per 2 x 2
+        block, in the pixel shuffle's raster order of blocks."""
+        tiles, half = per_patch.shape[0], self.side // 2
+        grid = per_patch.reshape(tiles, half, 2, half, 2, *per_patch.shape[2:])
+        return grid.sum(dim=(2, 4)).reshape(tiles, half * half, *per_patch.shape[2:])
+
+    @machinery
+    def _projector_pre_hook(self, module, args):
+        features = args[0]  # (tiles, 256, 4 C): the shuffled tokens
+        queries, keys = (self._stash.pop(k, None) for k in ("queries", "keys"))
+        if queries is None or queries.shape[0] != features.shape[0]:
+            raise RuntimeError("visiondrop: the projector ran without a matching vision-encoder pass")
+        attention = self.feature_attention
+        tiles, tokens, _ = queries.shape
+        heads = attention.num_heads
+
+        def per_head(x):
+            return x.view(tiles, tokens, heads, -1).transpose(1, 2)
+
+        # every token of the tile queries ([CLS] too: it shares the softmax); patches are scored
+        probs = attention_probs(per_head(queries), per_head(keys), attention.scale)  # (tiles, n, n), head mean
+        received = probs.mean(dim=1)[:, 1:]  # mean over the tile's queries, per patch
+        metric = per_head(keys).mean(dim=1)[:, 1:].float()  # head-averaged keys, per patch
+        stage = EncoderStage(hidden=features, queries=None, keys=None, scaling=1.0, has_cls=False,
+                             received=self._block_sum(received), merge_keys=self._block_sum(metric) / 4)
+        reduction = self.method.reduce_encoder(stage, self.schedule.encoder)
+        width = features.shape[-1]
+        kept = features.gather(1, reduction.dominant[..., None].expand(-1, -1, width))
+        encoder_patches = torch.arange(features.shape[1], device=features.device).expand(tiles, -1)
+        out_patches = torch.cat([reduction.dominant, reduction.merge.targets], dim=1)
+        self._pending = (reduction, encoder_patches, out_patches)
+        return (torch.cat([kept, reduction.merge.tokens.to(kept.dtype)], dim=1),)
+
+    # ----------------------------------------------------------------- model
+    def _image_segments(self, input_ids: torch.Tensor, kwargs) -> list[Segment]:
+        """One segment per image: a placeholder run of 256 tokens per tile."""
+        segments, tiles = [], []
+        for row, start, end in placeholder_runs(input_ids == self.image_token_id):
+            if (end - start) % self.llm_tokens:
+                raise ValueError(f"input_ids: row {row} has a run of {end - start} image tokens, not a multiple of "
+                                 f"the {self.llm_tokens} tokens per tile this model uses")
+            segments.append(Segment(row, start, end - start))
+            tiles.append((end - start) // self.llm_tokens)
+        self._tiles = tiles
+        return segments
+
+    def _entry_counts(self, segments: list[Segment]) -> list[int]:
+        per_tile = self.schedule.encoder.total if self.schedule.encoder is not None else self.llm_tokens
+        return [tiles * per_tile for tiles in self._tiles]
+
+    def _segment_stages(self, segments) -> list | None:
+        if all(tiles == 1 for tiles in self._tiles):
+            return None
+        return [self.schedule.repeated(tiles).llm for tiles in self._tiles]
+
+    def _entry_patches(self, segments, device) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Each image's patch ids at LM entry (tile-major), which are also their columns in
+        the image's original run; adds the encoder stage's record."""
+        if self.schedule.encoder is None:
+            patches = [torch.arange(segment.length, device=device) for segment in segments]
+            return patches, patches
+        if self._pending is None or self._pending[2].shape[0] != sum(self._tiles):
+            seen = 0 if self._pending is None else self._pending[2].shape[0]
+            raise RuntimeError(f"visiondrop: {sum(self._tiles)} tiles in input_ids but this call's encoder stage "
+                               f"saw {seen} (pass each image's pixel_values with its placeholders)")
+        reduction, encoder_patches, out_patches = self._pending
+        spec = self.schedule.encoder
+        record = StageRecord("encoder", None, encoder_patches.shape[1], spec.dominant, spec.contextual)
+        patches, tile = [], 0
+        for image, (segment, tiles) in enumerate(zip(segments, self._tiles)):
+            offsets = torch.arange(tiles, device=out_patches.device)[:, None] * self.llm_tokens
+            ids = out_patches[tile:tile + tiles] + offsets  # (tiles, D + C)
+            patches.append(ids.flatten().to(device))  # tile by tile, as transformers scatters the features
+            for t in range(tile, tile + tiles):
+                record.segments.append(SegmentRecord(
+                    row=segment.row, image=image, dominant=reduction.dominant[t], targets=reduction.merge.targets[t],
+                    merged_into=reduction.merge.merged_into[t], input_patches=encoder_patches[t],
+                    output_patches=out_patches[t]))
+            tile += tiles
+        self.report.stages.insert(0, record)
+        return patches, patches
