@@ -6,6 +6,7 @@
 #   bash scripts/bench_gpu.sh generate  # model.generate() by wall clock, both models (bench --mode generate)
 #   bash scripts/bench_gpu.sh generate-graphs-1.5   # the same with apply(..., cuda_graphs=True) variants
 #   bash scripts/bench_gpu.sh generate-graphs-next  # (one model per call: each takes minutes)
+#   bash scripts/bench_gpu.sh generate-internvl3  # InternVL3-8B through generate()
 #   bash scripts/bench_gpu.sh graphs-check  # replayed vs eager forward/generate, tiny float32 models
 set -euo pipefail
 export PYTHONPATH=${SRC:-src} PYTHONUNBUFFERED=1  # SRC: another copy of the code (a baseline)
@@ -35,6 +36,10 @@ case "${1:-llava-1.5-7b}" in
   generate-graphs-next)
     python3 -m visiondrop.cli bench --config llava-next-7b --budget 320 --mode generate --cuda-graphs \
       --methods visiondrop,visionzip,fastv --generate-batches 1,4 --generate-tokens 1 --repeats 6 --warmup 2 \
+      --out "$OUT" ;;
+  generate-internvl3)  # issue 20: InternVL3-8B (one 448-px tile per image), B=64 tokens per tile
+    python3 -m visiondrop.cli bench --config internvl3-8b --budget 64 --mode generate \
+      --methods visiondrop,fastv,pdrop --generate-batches 1,8 --generate-tokens 1,32 --repeats 5 --warmup 1 \
       --out "$OUT" ;;
   graphs-check)
     python3 scripts/graphs_check.py ;;

@@ -168,3 +168,16 @@ def test_graph_run_tables_quote_the_committed_runs():
         assert path.with_suffix(".md").read_text().strip() == table
         assert table.split("\n\n")[0] in text, path.name
         assert result["graphs"] and all(counts["replays"] > 0 for counts in result["graphs"].values())
+
+
+def test_internvl_run_table_is_the_committed_run():
+    import json
+
+    from visiondrop.bench import generate
+
+    folder = DOCS / "benchmarks" / "h100-internvl3"
+    result = json.loads((folder / "generate-internvl3-8b-b64.json").read_text())
+    table = generate.to_markdown(result)
+    assert (folder / "generate-internvl3-8b-b64.md").read_text().strip() == table
+    assert table.split("\n\n")[0] in (DOCS / "benchmarks" / "README.md").read_text()
+    assert result["config"]["model"] == "internvl3-8b" and result["environment"]["gpu"].startswith("NVIDIA")

@@ -97,3 +97,37 @@ def test_cli_flops(capsys):
 def test_cli_flops_errors(capsys, arguments, message):
     assert main(["flops", *arguments]) == 2
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("method, budget", [("visiondrop", 8), ("fastv", 12)])
+def test_internvl_counts_match_a_pruned_run(method, budget):
+    from tiny_internvl import internvl_batch, tiny_internvl
+
+    model = tiny_internvl()
+    with torch.no_grad(), visiondrop.apply(model, method, budget=budget) as handle:
+        model(**internvl_batch([[1]], [4]))
+    counts = visiondrop.models.adapter_for(model).image_counts(handle.schedule)
+    assert counts.per_layer == handle.report.layer_visual_tokens[0].tolist()
+    assert (counts.encoder_passes, counts.projected) == (1, 16)
+    with pytest.raises(ValueError, match="image_size"):
+        visiondrop.models.adapter_for(model).image_counts(None, (448, 896))
+
+
+def test_full_size_internvl3_and_qwen3_vl_geometry():
+    """The released geometries (model_configs) on the meta device: parameter counts, the
+    plans a user gets, and InternVL3-8B's FLOPs (one 448-px tile: 1,025 tower tokens with
+    [CLS], 256 after the pixel shuffle, through a 4 x wider projector input)."""
+    internvl, qwen = fl.meta_model("internvl3-8b"), fl.meta_model("qwen3-vl-8b")
+    assert round(sum(p.numel() for p in internvl.parameters()) / 1e9, 2) == 7.94
+    assert round(sum(p.numel() for p in qwen.parameters()) / 1e9, 2) == 8.77
+    assert str(visiondrop.plan(internvl, "visiondrop", budget=64)) == "encoder 84+12; llm [L7:61+9, L14:45+7, L21:33+5]"
+    assert visiondrop.plan(qwen, "visiondrop", budget=64).layers == (9, 18, 27)  # after the 3 DeepStack levels
+    with pytest.raises(ValueError, match="layer 3 or later"):
+        visiondrop.plan(qwen, "fastv", budget=128)  # its default K = 2
+    config = internvl.config
+    assert fl.vision_tokens(config.vision_config) == 1025
+    full = fl.model_prefill_flops(internvl)
+    pruned = fl.model_prefill_flops(internvl, visiondrop.plan(internvl, "visiondrop", budget=64))
+    assert full.vision == pruned.vision == 24 * fl.transformer_layer_flops(1025, 1024, 4096, gated_mlp=False)
+    assert full.projector == 2 * 256 * (4096 * 3584 + 3584 * 3584)
+    assert 2.0 < full.total / pruned.total < 2.2

@@ -47,7 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Count the FLOPs of one prefill (vision tower, projector, LM, LM head) from a model config "
                     "and each method's per-layer visual-token counts. Conventions: docs/benchmarks/flops.md.")
     flops.add_argument("--config", default="llava-1.5-7b",
-                       help="llava-1.5-7b, llava-next-7b, or a checkpoint folder / hub id (its config only)")
+                       help="llava-1.5-7b, llava-next-7b, internvl3-8b, or a checkpoint folder / hub id (its "
+                            "config only)")
     flops.add_argument("--methods", default="visiondrop", help="comma list of methods (default visiondrop)")
     flops.add_argument("--budget", type=int, default=64, help="visual-token budget (default 64)")
     flops.add_argument("--text-tokens", type=int, default=64, help="text tokens of the prompt (default 64)")
@@ -59,7 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Time the full model, each method at --budget and the ideal (only B visual tokens from the "
                     "start) on one model, interleaved; write Markdown, JSON and a plot (docs/benchmarks).")
     bench.add_argument("--config", default="llava-1.5-7b",
-                       help="llava-1.5-7b or llava-next-7b (random weights, no download), or a checkpoint")
+                       help="llava-1.5-7b, llava-next-7b or internvl3-8b (random weights, no download), or a "
+                            "checkpoint")
     bench.add_argument("--methods", default="visiondrop,fastv,pdrop,sparsevlm,visionzip,vispruner")
     bench.add_argument("--budget", type=int, default=64)
     bench.add_argument("--throughput-batches", default="8,32")

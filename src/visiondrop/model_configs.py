@@ -1,7 +1,9 @@
 """Full-size configurations of the paper's models, for random-weight checks and
 benchmarks (no download: latency, memory and FLOPs do not depend on weight values).
 
-Values follow the public llava-hf checkpoints' config.json files.
+Values follow the public checkpoints' config.json files (llava-hf; OpenGVLab/InternVL3-8B-hf;
+Qwen/Qwen3-VL-8B-Instruct), written here by hand: nothing can be downloaded to compare them
+with, and random-weight runs need only the geometry.
 """
 
 from __future__ import annotations
@@ -37,4 +39,37 @@ def llava_next_7b_config() -> LlavaNextConfig:
                            projector_hidden_act="gelu", image_grid_pinpoints=NEXT_7B_PINPOINTS)
 
 
-CONFIGS = {"llava-1.5-7b": llava_1_5_7b_config, "llava-next-7b": llava_next_7b_config}
+def internvl3_8b_config():
+    """OpenGVLab/InternVL3-8B-hf: InternViT-300M (24 layers, 448-px tiles of 14-px patches, [CLS]),
+    pixel shuffle 0.5 (256 tokens per tile), Qwen2.5-7B (28 layers, GQA 28 / 4)."""
+    from transformers import InternVLConfig
+
+    vision = dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096,
+                  image_size=[448, 448], patch_size=[14, 14], attention_bias=True, use_qk_norm=False,
+                  layer_scale_init_value=0.1, norm_type="layer_norm", use_mean_pooling=True)
+    text = dict(model_type="qwen2", hidden_size=3584, intermediate_size=18944, num_hidden_layers=28,
+                num_attention_heads=28, num_key_value_heads=4, vocab_size=151674, max_position_embeddings=32768,
+                rope_theta=1000000.0, rms_norm_eps=1e-6, tie_word_embeddings=False)
+    return InternVLConfig(vision_config=vision, text_config=text, image_token_id=151667, downsample_ratio=0.5,
+                          vision_feature_layer=-1, vision_feature_select_strategy="default", image_seq_length=256,
+                          tie_word_embeddings=False)
+
+
+def qwen3_vl_8b_config():
+    """Qwen/Qwen3-VL-8B-Instruct: a 27-block ViT (16-px patches, 2 x 2 merger, DeepStack after
+    blocks 8, 16 and 24), Qwen3-8B (36 layers, GQA 32 / 8, interleaved mRoPE)."""
+    from transformers import Qwen3VLConfig
+
+    vision = dict(depth=27, hidden_size=1152, intermediate_size=4304, num_heads=16, patch_size=16,
+                  temporal_patch_size=2, spatial_merge_size=2, in_channels=3, out_hidden_size=4096,
+                  num_position_embeddings=2304, deepstack_visual_indexes=[8, 16, 24])
+    text = dict(hidden_size=4096, intermediate_size=12288, num_hidden_layers=36, num_attention_heads=32,
+                num_key_value_heads=8, head_dim=128, vocab_size=151936, max_position_embeddings=262144,
+                rope_parameters={"rope_type": "default", "rope_theta": 5000000.0, "mrope_section": [24, 20, 20],
+                                 "mrope_interleaved": True})
+    return Qwen3VLConfig(vision_config=vision, text_config=text, image_token_id=151655, video_token_id=151656,
+                         vision_start_token_id=151652, vision_end_token_id=151653)
+
+
+CONFIGS = {"llava-1.5-7b": llava_1_5_7b_config, "llava-next-7b": llava_next_7b_config,
+           "internvl3-8b": internvl3_8b_config, "qwen3-vl-8b": qwen3_vl_8b_config}

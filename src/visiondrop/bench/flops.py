@@ -54,9 +54,13 @@ def transformer_layer_flops(tokens: int, hidden: int, intermediate: int, kv_hidd
 
 
 def vision_tokens(vision_config) -> int:
-    """Tokens a vision tower runs per image: its patches, plus [CLS] for CLIP."""
-    patches = (vision_config.image_size // vision_config.patch_size) ** 2
-    return patches + (1 if vision_config.model_type.startswith("clip") else 0)
+    """Tokens a vision tower runs per image (crop, tile): its patches, plus [CLS] for CLIP
+    and InternViT."""
+    size, patch = vision_config.image_size, vision_config.patch_size
+    size, patch = (size[0] if isinstance(size, (list, tuple)) else size,
+                   patch[0] if isinstance(patch, (list, tuple)) else patch)
+    has_cls = vision_config.model_type.startswith(("clip", "internvl"))
+    return (size // patch) ** 2 + int(has_cls)
 
 
 def vision_flops(vision_config, images: int = 1) -> int:
@@ -67,8 +71,10 @@ def vision_flops(vision_config, images: int = 1) -> int:
 
 
 def projector_flops(config, tokens: int) -> int:
-    """LLaVA's two-layer MLP projector on ``tokens`` visual tokens."""
+    """LLaVA's two-layer MLP projector on ``tokens`` visual tokens (InternVL's takes the
+    pixel shuffle's 4 x wider tokens)."""
     vision, text = config.vision_config.hidden_size, config.text_config.hidden_size
+    vision = round(vision / getattr(config, "downsample_ratio", 1.0) ** 2)
     return 2 * tokens * (vision * text + text * text)
 
 

@@ -121,6 +121,7 @@ def make_inputs(model, batch: int, text_tokens: int, image_size=None, seed: int 
     image = torch.full((batch, counts.per_layer[0]), config.image_token_id)
     input_ids = torch.cat([text[:, :before], image, text[:, before:]], dim=1)
     side = config.vision_config.image_size
+    side = side[0] if isinstance(side, (list, tuple)) else side  # InternVL: [H, W]
     out = {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids)}
     if getattr(config, "image_grid_pinpoints", None):
         size = image_size or max(adapter.pinpoints, key=lambda p: p[0] * p[1])

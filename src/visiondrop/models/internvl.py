@@ -44,7 +44,7 @@ from ..methods.base import EncoderStage, ModelGeometry, PruningMethod
 from ..report import SegmentRecord, StageRecord
 from ..schedule import Schedule
 from ..timing import machinery
-from .base import ModelAdapter
+from .base import ImageCounts, ModelAdapter
 from .decoder import DecoderPruner
 from .llava import LlavaAdapter, placeholder_runs
 
@@ -100,6 +100,18 @@ class InternVLAdapter(LlavaAdapter):
         """One tile: its 256 shuffled tokens (no [CLS] among them)."""
         return ModelGeometry(num_layers=len(self.language_model.layers), encoder_tokens=self.llm_tokens,
                              llm_tokens=self.llm_tokens, has_cls=False)
+
+    def image_counts(self, schedule: Schedule | None, image_size=None) -> ImageCounts:
+        """One image of one tile (a square image at the tile size: the processor adds no
+        thumbnail); other sizes depend on the processor's tiling settings."""
+        if image_size is not None:
+            raise ValueError("image_size: InternVL's tile count follows its processor's settings; only the "
+                             "one-tile image is modelled here")
+        layers = len(self.language_model.layers)
+        if schedule is None:
+            return ImageCounts([self.llm_tokens] * layers, 1, self.llm_tokens)
+        entry = schedule.encoder.total if schedule.encoder is not None else self.llm_tokens
+        return ImageCounts(schedule.tokens_per_layer(layers, entry), 1, self.llm_tokens)
 
     def plan(self, method: PruningMethod) -> tuple[PruningMethod, Schedule]:
         if method.name in REFUSED:
