@@ -13,7 +13,7 @@ import torch
 from helpers import assert_same_selections, real_logits, selections
 from test_qwen2_5_vl import assert_generate_matches_recompute
 from tiny_qwen2_5_vl import qwen_batch, row_alone, tokens
-from tiny_qwen3_vl import tiny_qwen3
+from tiny_qwen3_vl import qwen3_batch, tiny_qwen3
 
 import visiondrop
 from visiondrop import Schedule
@@ -161,11 +161,50 @@ def test_llm_scores_apply_the_per_head_qk_norms(eager):
     assert 0 < len(kept) < 16 and kept.tolist() == expected.tolist()
 
 
-def test_videos_are_refused_naming_the_input(model):
-    batch = qwen_batch([[("video", (2, 4, 4))]], [3])
-    with visiondrop.apply(model, "fastv", **CASES["fastv"]), pytest.raises(ValueError, match="pixel_values_videos"):
-        with torch.no_grad():
-            model(**batch)
+VIDEO_ROWS = [[("video", (2, 8, 8))], [("image", (1, 8, 8)), ("video", (2, 4, 12))], []]
+
+
+@pytest.mark.parametrize("method", ["visiondrop", "random", "fastv"])
+def test_video_steps_are_segments_with_their_own_budget(model, method):
+    """A video is one placeholder run per temporal step; each step is planned on its own."""
+    batch = qwen3_batch(VIDEO_ROWS, [3, 2, 5])
+    with torch.no_grad(), _apply(model, method) as handle:
+        model(**batch)
+    stage = handle.report.stages[-1]
+    assert [s.row for s in stage.segments] == [0, 0, 1, 1, 1]  # 2 steps; an image and 2 steps
+    budget = CASES[method]["budget"]
+    for segment in handle.report.stages[0].segments:
+        assert segment.input_patches.numel() in (12, 16)  # a step of 8 x 8 or 4 x 12 patches, the image
+    for row in (0, 1):  # per segment (an image, a step), averaged over the layers
+        assert abs(handle.report.average_visual_tokens(row) - budget) <= 1, method
+
+
+@pytest.mark.parametrize("positions", POLICIES)
+@pytest.mark.parametrize("method", ["visiondrop", "fastv"])
+def test_cached_generate_with_videos_equals_full_recompute(model, method, positions):
+    batch = qwen3_batch(VIDEO_ROWS[:2], [3, 2], seed=6)
+    with torch.no_grad(), _apply(model, method, positions=positions) as handle:
+        assert_generate_matches_recompute(model, handle, batch, 3, method in TEXT_GUIDED)
+
+
+@pytest.mark.parametrize("method", ["visiondrop", "fastv"])
+def test_video_rows_equal_rows_alone(model, method):
+    batch = qwen3_batch(VIDEO_ROWS, [3, 2, 5], seed=7)
+    with torch.no_grad(), _apply(model, method) as handle:
+        together = model(**batch).logits
+        mask = handle.report.output_mask
+        for row in range(len(VIDEO_ROWS)):
+            alone = model(**row_alone(batch, VIDEO_ROWS, row)).logits
+            torch.testing.assert_close(real_logits(together, mask, row), alone[0], atol=1e-4, rtol=0)
+
+
+def test_keep_everything_with_videos_is_a_no_op(model):
+    batch = qwen3_batch(VIDEO_ROWS, [3, 2, 5])
+    with torch.no_grad():
+        before = model(**batch).logits
+        with visiondrop.apply(model, "visiondrop", schedule=Schedule(encoder=(16, 0))):
+            after = model(**batch).logits
+    torch.testing.assert_close(after, before, atol=1e-5, rtol=0)
 
 
 def test_text_only_prompt_is_untouched(model):

@@ -37,3 +37,36 @@ def tiny_qwen3(seed: int = 0, num_layers: int = 8, attn: str = "sdpa", moe: bool
     config = config_class(vision_config=vision, text_config=text, image_token_id=IMG, video_token_id=VID,
                           vision_start_token_id=VSTART, vision_end_token_id=VEND, tie_word_embeddings=False)
     return prepared(model_class(config), attn)
+
+
+def qwen3_batch(rows: list[list[tuple[str, tuple[int, int, int]]]], prefix: list[int], seed: int = 0,
+                suffix: int = 3) -> dict[str, torch.Tensor]:
+    """As ``tiny_qwen2_5_vl.qwen_batch``, with Qwen3-VL's video layout: a video of grid
+    ``(t, h, w)`` is ``t`` runs of ``h * w / 4`` placeholders, each after two timestamp text
+    tokens and between vision_start and vision_end (Qwen3VLProcessor's format)."""
+    from tiny_qwen2_5_vl import qwen_batch
+
+    from visiondrop.testing import padded_batch
+
+    batch = qwen_batch(rows, prefix, seed=seed, suffix=suffix)  # the media's pixels and grids
+    generator = torch.Generator().manual_seed(seed + 1)
+
+    def text(n):
+        return torch.randint(3, 100, (n,), generator=generator).tolist()
+
+    sequences = []
+    for media, before in zip(rows, prefix):
+        sequence = text(before)
+        for kind, (t, h, w) in media:
+            if kind == "image":
+                sequence += [VSTART] + [IMG] * (t * h * w // 4) + [VEND] + text(2)
+            else:
+                for _ in range(t):
+                    sequence += text(2) + [VSTART] + [VID] * (h * w // 4) + [VEND]
+                sequence += text(2)
+        sequences.append(sequence + text(suffix))
+    padded = padded_batch(sequences, pad_id=PAD)
+    batch.update(padded)
+    ids = padded["input_ids"]
+    batch["mm_token_type_ids"] = (ids == IMG).long() + 2 * (ids == VID).long()
+    return batch

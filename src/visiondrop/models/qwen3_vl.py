@@ -22,11 +22,15 @@ except:
   ``apply`` with the layer to use instead; from layer k on nothing else changes.
 - **Scores in the LM** apply the attention's ``q_norm`` / ``k_norm`` (in
   :class:`~visiondrop.models.decoder.DecoderPruner`, as the model does before RoPE).
-- **Videos** are refused at the prefill: Qwen3-VL gives a video one placeholder run per
-  temporal step, with timestamp text between them, which this adapter does not map yet.
+- **Videos.** Qwen3-VL gives a video one placeholder run per temporal step (two frames), with
+  timestamp text between the runs; each step is a segment of its own, planned on its token
+  count with ``modality="video"`` (the budget is per step, as it is per image), and its encoder
+  stage runs on that step's tokens (the tower attends within each step too).
 """
 
 from __future__ import annotations
+
+import functools
 
 import torch
 
@@ -39,13 +43,13 @@ from .qwen2_5_vl import REFUSED, Qwen2_5_VLAdapter
 class Qwen3VLAdapter(Qwen2_5_VLAdapter):
     model_classes = ("Qwen3VLForConditionalGeneration", "Qwen3VLMoeForConditionalGeneration")
     model_name = "Qwen3-VL"
-    modalities = ("image",)
     refused = {name: reason.replace("Qwen2.5-VL", "Qwen3-VL") for name, reason in REFUSED.items()}
 
     def __init__(self, model) -> None:
         super().__init__(model)
         indexes = getattr(model.config.vision_config, "deepstack_visual_indexes", None) or ()
         self.deepstack_levels = len(indexes)
+        self._video_pass = False  # inside get_video_features (see _wrap_features)
 
     def plan(self, method: PruningMethod) -> tuple[PruningMethod, Schedule]:
         runtime, schedule = super().plan(method)
@@ -82,11 +86,63 @@ class Qwen3VLAdapter(Qwen2_5_VLAdapter):
             reduced_levels.append(tuple(reduced) if split else torch.cat(reduced))
         output.deepstack_features = reduced_levels
 
+    def _wrap_features(self, modality: str):
+        """As Qwen2.5-VL's, and the video wrapper marks its pass: transformers' own
+        ``get_video_features`` calls ``get_image_features`` (the wrapped one), whose
+        reduction must then wait for the video's."""
+        handle = super()._wrap_features(modality)
+        if modality == "video":
+            wrapped = vars(self.base)["get_video_features"]
+
+            @functools.wraps(wrapped)
+            def get_video_features(*args, **kwargs):
+                self._video_pass = True
+                try:
+                    return wrapped(*args, **kwargs)
+                finally:
+                    self._video_pass = False
+
+            vars(self.base)["get_video_features"] = get_video_features  # removed by ``handle``, by name
+        return handle
+
+    def _reduce_features(self, modality: str, output, grid: torch.Tensor) -> None:
+        """Videos: every temporal step is reduced as a unit of its own (a placeholder run),
+        then the steps are put back together per video, as transformers splits them."""
+        if modality == "image" and self._video_pass:
+            return None  # the video wrapper reduces these features
+        if modality != "video":
+            return super()._reduce_features(modality, output, grid)
+        steps = grid[:, 0].tolist()
+        step_grid = grid.repeat_interleave(grid[:, 0], dim=0)
+        step_grid[:, 0] = 1
+
+        def split_steps(videos):
+            return tuple(chunk for video, t in zip(videos, steps) for chunk in video.split(video.shape[0] // t))
+
+        def per_video(chunks):
+            grouped, first = [], 0
+            for t in steps:
+                grouped.append(torch.cat(chunks[first:first + t]))
+                first += t
+            return tuple(grouped)
+
+        levels = getattr(output, "deepstack_features", None)
+        split = bool(levels) and isinstance(levels[0], (tuple, list))
+        output.pooler_output = split_steps(output.pooler_output)
+        if split:
+            output.deepstack_features = [split_steps(level) for level in levels]
+        super()._reduce_features(modality, output, step_grid)
+        output.pooler_output = per_video(output.pooler_output)
+        if split:
+            output.deepstack_features = [per_video(level) for level in output.deepstack_features]
+
     # ------------------------------------------------------------------ model
     def _check_runs(self, runs, kwargs) -> None:
-        if any(modality == "video" for _, modality in runs) or kwargs.get("pixel_values_videos") is not None:
-            raise ValueError("pixel_values_videos: videos are not supported with pruning on Qwen3-VL yet (a video is "
-                             "one placeholder run per temporal step, with timestamps between); prune images only")
+        grid = kwargs.get("video_grid_thw")
+        if grid is not None:  # one run per temporal step: check them as grids of t = 1
+            steps = grid.repeat_interleave(grid[:, 0], dim=0)
+            steps[:, 0] = 1
+            kwargs = {**kwargs, "video_grid_thw": steps}
         super()._check_runs(runs, kwargs)
 
     def _rope_extra(self, kwargs) -> dict:
