@@ -7,6 +7,7 @@
 #   bash scripts/bench_gpu.sh generate-graphs-1.5   # the same with apply(..., cuda_graphs=True) variants
 #   bash scripts/bench_gpu.sh generate-graphs-next  # (one model per call: each takes minutes)
 #   bash scripts/bench_gpu.sh generate-internvl3  # InternVL3-8B through generate()
+#   bash scripts/bench_gpu.sh generate-qwen3-vl   # Qwen3-VL-8B through generate()
 #   bash scripts/bench_gpu.sh graphs-check  # replayed vs eager forward/generate, tiny float32 models
 set -euo pipefail
 export PYTHONPATH=${SRC:-src} PYTHONUNBUFFERED=1  # SRC: another copy of the code (a baseline)
@@ -41,6 +42,10 @@ case "${1:-llava-1.5-7b}" in
     python3 -m visiondrop.cli bench --config internvl3-8b --budget 64 --mode generate \
       --methods visiondrop,fastv,pdrop --generate-batches 1,8 --generate-tokens 1,32 --repeats 5 --warmup 1 \
       --out "$OUT" ;;
+  generate-qwen3-vl)  # issue 20: Qwen3-VL-8B, one 512 x 512 image (256 tokens), B=64; FastV/PDrop's default
+    # stages fall before its last DeepStack layer and are refused, so VisionDrop only
+    python3 -m visiondrop.cli bench --config qwen3-vl-8b --budget 64 --mode generate \
+      --methods visiondrop --generate-batches 1,8 --generate-tokens 1,32 --repeats 5 --warmup 1 --out "$OUT" ;;
   graphs-check)
     python3 scripts/graphs_check.py ;;
   *) echo "unknown model $1" >&2; exit 2 ;;

@@ -69,3 +69,21 @@ def test_graph_variants_replay_through_generate():
                                 for name in ("full+graphs", "visiondrop+graphs")}
     assert not hasattr(model, "_visiondrop_handle") and "forward" not in vars(model)  # all removed
     assert "graphed full)" in generate.to_markdown(result)
+
+
+def test_qwen_vl_inputs_and_variants():
+    """Qwen-VL rows carry their grid, patch rows and mm_token_type_ids; the bench runs full,
+    a method and the ideal on them (its grids reach the ideal's get_image_features)."""
+    from tiny_qwen3_vl import tiny_qwen3
+
+    model = tiny_qwen3()
+    inputs = latency.make_inputs(model, 2, 8, image_size=(112, 112))
+    assert inputs["image_grid_thw"].tolist() == [[1, 8, 8]] * 2 and inputs["pixel_values"].shape == (128, 1176)
+    assert inputs["mm_token_type_ids"].sum().item() == 2 * 16
+    with pytest.raises(ValueError, match="image_size"):
+        latency.make_inputs(model, 1, 8, image_size=(100, 112))
+    config = latency.BenchConfig(model="tiny-qwen3", methods=("visiondrop",), budget=4, image_size=(112, 112),
+                                 **{**SMALL, "generate_tokens": (2,)})
+    result = generate.run_generate(config, model=model, progress=False)
+    assert list(result["figures"]) == ["full", "visiondrop", "ideal"]
+    assert result["operations"]["visiondrop"]["machinery_ops"] > 0

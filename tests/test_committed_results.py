@@ -170,14 +170,15 @@ def test_graph_run_tables_quote_the_committed_runs():
         assert result["graphs"] and all(counts["replays"] > 0 for counts in result["graphs"].values())
 
 
-def test_internvl_run_table_is_the_committed_run():
+@pytest.mark.parametrize(("folder", "name"), [("h100-internvl3", "internvl3-8b"), ("h100-qwen3-vl", "qwen3-vl-8b")])
+def test_issue_20_run_tables_are_the_committed_runs(folder, name):
     import json
 
     from visiondrop.bench import generate
 
-    folder = DOCS / "benchmarks" / "h100-internvl3"
-    result = json.loads((folder / "generate-internvl3-8b-b64.json").read_text())
+    folder = DOCS / "benchmarks" / folder
+    result = json.loads((folder / f"generate-{name}-b64.json").read_text())
     table = generate.to_markdown(result)
-    assert (folder / "generate-internvl3-8b-b64.md").read_text().strip() == table
+    assert (folder / f"generate-{name}-b64.md").read_text().strip() == table
     assert table.split("\n\n")[0] in (DOCS / "benchmarks" / "README.md").read_text()
-    assert result["config"]["model"] == "internvl3-8b" and result["environment"]["gpu"].startswith("NVIDIA")
+    assert result["config"]["model"] == name and result["environment"]["gpu"].startswith("NVIDIA")

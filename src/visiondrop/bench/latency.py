@@ -104,11 +104,13 @@ def build_model(name: str, dtype: str, device: str, attn: str, seed: int = 0):
     return model.eval()
 
 
+#: Qwen-VL models' default bench image (H, W): 32 x 32 patches of 16 px, 256 merged tokens
+QWEN_IMAGE_SIZE = (512, 512)
+
+
 def make_inputs(model, batch: int, text_tokens: int, image_size=None, seed: int = 0) -> dict:
     """``batch`` rows of [text, one image's placeholders, text]; random pixels."""
     config = model.config
-    adapter = adapter_for(model)
-    counts = adapter.image_counts(None, image_size)
     device = next(model.parameters()).device
     generator = torch.Generator().manual_seed(seed)
     before = text_tokens // 2
@@ -118,6 +120,12 @@ def make_inputs(model, batch: int, text_tokens: int, image_size=None, seed: int 
     placeholders = [getattr(config, name, None) for name in ("image_token_id", "video_token_id")]
     for token in filter(None, placeholders):
         text[text == token] = 10 if token != 10 else 11
+    dtype = next(model.parameters()).dtype
+    if getattr(config, "vision_start_token_id", None) is not None:
+        out = _qwen_inputs(config, text, before, image_size or QWEN_IMAGE_SIZE, generator)
+        return {k: (v.to(device, dtype) if k == "pixel_values" else v.to(device)) for k, v in out.items()}
+    adapter = adapter_for(model)
+    counts = adapter.image_counts(None, image_size)
     image = torch.full((batch, counts.per_layer[0]), config.image_token_id)
     input_ids = torch.cat([text[:, :before], image, text[:, before:]], dim=1)
     side = config.vision_config.image_size
@@ -129,8 +137,26 @@ def make_inputs(model, batch: int, text_tokens: int, image_size=None, seed: int 
         out["image_sizes"] = torch.tensor([list(size)] * batch)
     else:
         out["pixel_values"] = torch.randn(batch, 3, side, side, generator=generator)
-    dtype = next(model.parameters()).dtype
     return {k: (v.to(device, dtype) if k == "pixel_values" else v.to(device)) for k, v in out.items()}
+
+
+def _qwen_inputs(config, text: torch.Tensor, before: int, image_size, generator) -> dict:
+    """Qwen-VL rows: [text, vision_start, one image's merged-token placeholders, vision_end,
+    text], with the image's patch rows, grid and ``mm_token_type_ids``."""
+    vision = config.vision_config
+    patch, merge = vision.patch_size, vision.spatial_merge_size
+    height, width = (side // patch for side in image_size)
+    if height % merge or width % merge:
+        raise ValueError(f"image_size: {tuple(image_size)} is not a multiple of {patch * merge} px")
+    batch = text.shape[0]
+    image = torch.full((batch, height * width // merge ** 2), config.image_token_id)
+    start = torch.full((batch, 1), config.vision_start_token_id)
+    end = torch.full((batch, 1), config.vision_end_token_id)
+    input_ids = torch.cat([text[:, :before], start, image, end, text[:, before:]], dim=1)
+    pixels = torch.randn(batch * height * width, 3 * vision.temporal_patch_size * patch * patch, generator=generator)
+    return {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids), "pixel_values": pixels,
+            "image_grid_thw": torch.tensor([[1, height, width]] * batch),
+            "mm_token_type_ids": (input_ids == config.image_token_id).long()}
 
 
 # ---------------------------------------------------------------------- variants
@@ -177,7 +203,7 @@ class IdealVariant(Variant):
     def _embeds(self, model, inputs):
         base = model.model
         image_token = model.config.image_token_id
-        pixel_keys = {k: inputs[k] for k in ("pixel_values", "image_sizes") if k in inputs}
+        pixel_keys = {k: inputs[k] for k in ("pixel_values", "image_sizes", "image_grid_thw") if k in inputs}
         features = base.get_image_features(**pixel_keys)
         features = getattr(features, "pooler_output", features)
         if isinstance(features, (list, tuple)):
