@@ -107,33 +107,20 @@ class InternVLAdapter(LlavaAdapter):
         if image_size is not None:
             raise ValueError("image_size: InternVL's tile count follows its processor's settings; only the "
                              "one-tile image is modelled here")
-        layers = len(self.language_model.layers)
-        if schedule is None:
-            return ImageCounts([self.llm_tokens] * layers, 1, self.llm_tokens)
-        entry = schedule.encoder.total if schedule.encoder is not None else self.llm_tokens
-        return ImageCounts(schedule.tokens_per_layer(layers, entry), 1, self.llm_tokens)
+        return super().image_counts(schedule)
 
     def plan(self, method: PruningMethod) -> tuple[PruningMethod, Schedule]:
         if method.name in REFUSED:
             raise ValueError(f"method {method.name!r} is not supported on InternVL: {REFUSED[method.name]}")
         return super().plan(method)
 
-    def install(self, method: PruningMethod, schedule: Schedule, positions: str) -> list:
-        self.method, self.schedule = method, schedule
-        self.pruner = DecoderPruner(self.language_model, method, schedule, positions)
-        handles = [
-            self.model.register_forward_pre_hook(self._reject_labels, with_kwargs=True),
-            self.base.register_forward_pre_hook(self._model_pre_hook, with_kwargs=True),
+    def _encoder_hooks(self) -> list:
+        attention = self.feature_attention
+        return [  # after the (optional) q/k norms: what the layer's attention uses
+            attention.q_norm.register_forward_hook(self._stash_output("queries")),
+            attention.k_norm.register_forward_hook(self._stash_output("keys")),
+            self.base.multi_modal_projector.register_forward_pre_hook(self._projector_pre_hook),
         ]
-        if schedule.encoder is not None:
-            attention = self.feature_attention
-            handles += [  # after the (optional) q/k norms: what the layer's attention uses
-                attention.q_norm.register_forward_hook(self._stash_output("queries")),
-                attention.k_norm.register_forward_hook(self._stash_output("keys")),
-                self.base.multi_modal_projector.register_forward_pre_hook(self._projector_pre_hook),
-            ]
-        handles += self.pruner.register()
-        return handles
 
     # --------------------------------------------------------------- encoder
     def _block_sum(self, per_patch: torch.Tensor) -> torch.Tensor:

@@ -120,15 +120,20 @@ class LlavaAdapter(ForwardHooks, ModelAdapter):
             self.base.register_forward_pre_hook(self._model_pre_hook, with_kwargs=True),
         ]
         if schedule.encoder is not None:
-            attention = self.feature_layer.self_attn
-            handles += [
-                attention.q_proj.register_forward_hook(self._stash_output("queries")),
-                attention.k_proj.register_forward_hook(self._stash_output("keys")),
-                self.feature_layer.register_forward_hook(self._stash_output("hidden")),
-                self.base.multi_modal_projector.register_forward_pre_hook(self._projector_pre_hook),
-            ]
+            handles += self._encoder_hooks()
         handles += self.pruner.register()
         return handles
+
+    def _encoder_hooks(self) -> list:
+        """The encoder stage's hooks: the feature layer's queries, keys and output, and the
+        projector's input, replaced by the stage's tokens."""
+        attention = self.feature_layer.self_attn
+        return [
+            attention.q_proj.register_forward_hook(self._stash_output("queries")),
+            attention.k_proj.register_forward_hook(self._stash_output("keys")),
+            self.feature_layer.register_forward_hook(self._stash_output("hidden")),
+            self.base.multi_modal_projector.register_forward_pre_hook(self._projector_pre_hook),
+        ]
 
     def reset(self) -> None:
         self._stash.clear()
