@@ -47,7 +47,6 @@ from .guards import InstanceAttribute
 #: model classes whose prefill can be captured (their adapters plan on the host only)
 GRAPH_MODELS = ("LlavaForConditionalGeneration", "LlavaNextForConditionalGeneration",
                 "VideoLlavaForConditionalGeneration", "LlavaOnevisionForConditionalGeneration")
-MODES = (False, True, "frozen")
 _CACHE_NAMES = ("past_key_values", "cache")
 #: the media inputs a prefill with images or videos carries (Video-LLaVA before 5.23: ``pixel_values_images``)
 _PIXELS = ("pixel_values", "pixel_values_images", "pixel_values_videos")
@@ -60,7 +59,7 @@ _EAGER_WHEN_SET = ("labels", "inputs_embeds", "mm_encoder_outputs", "output_atte
 def check_graph_options(model: nn.Module, method, cuda_graphs, max_graphs, schedule=None) -> None:
     """Validate ``apply``'s ``cuda_graphs`` and ``max_graphs`` for this model, method and
     schedule, naming the parameter, before anything is hooked."""
-    if not any(cuda_graphs is mode for mode in MODES) and cuda_graphs != "frozen":
+    if not (cuda_graphs is True or cuda_graphs is False or cuda_graphs == "frozen"):
         raise ValueError(f"cuda_graphs must be True, False or 'frozen', got {cuda_graphs!r}")
     if isinstance(max_graphs, bool) or not isinstance(max_graphs, int) or max_graphs < 1:
         raise ValueError(f"max_graphs must be an int >= 1, got {max_graphs!r}")
