@@ -8,6 +8,7 @@
 #   bash scripts/bench_gpu.sh generate-graphs-next  # (one model per call: each takes minutes)
 #   bash scripts/bench_gpu.sh generate-internvl3  # InternVL3-8B through generate()
 #   bash scripts/bench_gpu.sh generate-qwen3-vl   # Qwen3-VL-8B through generate()
+#   bash scripts/bench_gpu.sh generate-gemma3     # Gemma 3 4B through generate()
 #   bash scripts/bench_gpu.sh graphs-check  # replayed vs eager forward/generate, tiny float32 models
 set -euo pipefail
 export PYTHONPATH=${SRC:-src} PYTHONUNBUFFERED=1  # SRC: another copy of the code (a baseline)
@@ -42,10 +43,15 @@ case "${1:-llava-1.5-7b}" in
     python3 -m visiondrop.cli bench --config internvl3-8b --budget 64 --mode generate \
       --methods visiondrop,fastv,pdrop --generate-batches 1,8 --generate-tokens 1,32 --repeats 5 --warmup 1 \
       --out "$OUT" ;;
-  generate-qwen3-vl)  # issue 20: Qwen3-VL-8B, one 512 x 512 image (256 tokens), B=64; FastV/PDrop's default
-    # stages fall before its last DeepStack layer and are refused, so VisionDrop only
+  generate-qwen3-vl)  # issue 20: Qwen3-VL-8B, one 512 x 512 image (256 tokens), B=64; FastV's default
+    # layer falls before its last DeepStack layer and is refused there, so it runs at layer 3
     python3 -m visiondrop.cli bench --config qwen3-vl-8b --budget 64 --mode generate \
-      --methods visiondrop --generate-batches 1,8 --generate-tokens 1,32 --repeats 5 --warmup 1 --out "$OUT" ;;
+      --methods "visiondrop,fastv[layer=3]" --generate-batches 1,8 --generate-tokens 1,32 --repeats 5 --warmup 1 \
+      --out "$OUT" ;;
+  generate-gemma3)  # issue 20: Gemma 3 4B, one 896-px image (256 tokens after its 4 x 4 pool), B=64
+    python3 -m visiondrop.cli bench --config gemma-3-4b --budget 64 --mode generate \
+      --methods visiondrop,fastv,pdrop --generate-batches 1,8 --generate-tokens 1,32 --repeats 5 --warmup 1 \
+      --out "$OUT" ;;
   graphs-check)
     python3 scripts/graphs_check.py ;;
   *) echo "unknown model $1" >&2; exit 2 ;;

@@ -7,8 +7,10 @@ import torch
 
 from visiondrop.core import (
     attention_probs,
+    block_sums,
     cls_attention_scores,
     contextual_merge,
+    image_blocks,
     plan_compaction,
     received_attention_scores,
     select_dominant,
@@ -158,3 +160,48 @@ def test_layout_rejects_bad_input():
         plan_compaction(1, 4, [], 1, 0, pad_side="middle")
     with pytest.raises(ValueError, match="cannot keep"):
         plan_compaction(1, 4, [Segment(0, 0, 2)], 3, 0)
+
+
+def test_attention_probs_in_head_chunks_equals_at_once(monkeypatch):
+    """Long sequences take key heads a few at a time (scoring.MAX_LOGITS): same result."""
+    import visiondrop.core.scoring as scoring
+
+    torch.manual_seed(3)
+    q, k = torch.randn(2, 8, 5, 16), torch.randn(2, 4, 11, 16)
+    mask = torch.rand(2, 5, 11) > 0.3
+    mask[..., 0] = True
+    at_once = attention_probs(q, k, 0.25, mask)
+    monkeypatch.setattr(scoring, "MAX_LOGITS", 2 * 2 * 5 * 11 + 1)  # one key head (two query heads) per chunk
+    chunked = attention_probs(q, k, 0.25, mask)
+    torch.testing.assert_close(chunked, at_once, atol=1e-6, rtol=0)
+    torch.testing.assert_close(chunked, naive_probs(q, k, 0.25, mask), atol=1e-6, rtol=0)
+
+
+def test_block_sums_sum_each_square_of_a_raster_grid():
+    values = torch.arange(16.0).view(1, 16)  # a 4 x 4 grid, raster order
+    assert block_sums(values, side=4, block=2).tolist() == [[0 + 1 + 4 + 5, 2 + 3 + 6 + 7, 8 + 9 + 12 + 13,
+                                                              10 + 11 + 14 + 15]]
+    keys = torch.randn(3, 16, 5)
+    assert block_sums(keys, 4, 4).shape == (3, 1, 5)
+    torch.testing.assert_close(block_sums(keys, 4, 4)[:, 0], keys.sum(1))
+
+
+def test_image_blocks_number_each_run_of_visual_tokens():
+    visual = torch.tensor([[0, 1, 1, 0, 1, 0], [1, 1, 1, 1, 0, 0]], dtype=torch.bool)
+    assert image_blocks(visual).tolist() == [[-1, 0, 0, -1, 1, -1], [0, 0, 0, 0, -1, -1]]
+
+
+def test_decoder_stage_query_mask_adds_image_blocks_and_the_window():
+    from visiondrop.methods.base import DecoderStage
+
+    row_mask = torch.tensor([[False, True, True, True, True, True, True]])  # one padding column first
+    blocks = torch.tensor([[-1, -1, 0, 0, 0, -1, -1]])
+    stage = DecoderStage(hidden=None, keys=None, key_mask=None, visual_columns=None, scaling=1.0,
+                         project_queries=None, row_mask=row_mask)
+    columns = torch.tensor([[2, 6]])
+    causal = stage.query_mask(columns)[0].int().tolist()
+    assert causal == [[0, 1, 1, 0, 0, 0, 0], [0, 1, 1, 1, 1, 1, 1]]
+    stage.blocks = blocks
+    assert stage.query_mask(columns)[0].int().tolist() == [[0, 1, 1, 1, 1, 0, 0], [0, 1, 1, 1, 1, 1, 1]]
+    stage.window = 3  # keys up to 2 columns back
+    assert stage.query_mask(columns)[0].int().tolist() == [[0, 1, 1, 1, 1, 0, 0], [0, 0, 0, 0, 1, 1, 1]]

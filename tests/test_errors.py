@@ -72,7 +72,7 @@ def test_unsupported_model_names_supported_ones():
     lm = LlamaForCausalLM(LlamaConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1,
                                       num_attention_heads=2, vocab_size=10))
     with pytest.raises(ValueError, match="LlamaForCausalLM is not supported; supported model classes: "
-                                         "InternVLForConditionalGeneration, LlavaForConditionalGeneration") as caught:
+                                         "Gemma3ForConditionalGeneration, InternVLForConditionalGeneration") as caught:
         visiondrop.apply(lm, budget=8)
     assert all(name in str(caught.value) for name in visiondrop.supported_models())
 

@@ -131,3 +131,78 @@ def test_full_size_internvl3_and_qwen3_vl_geometry():
     assert full.vision == pruned.vision == 24 * fl.transformer_layer_flops(1025, 1024, 4096, gated_mlp=False)
     assert full.projector == 2 * 256 * (4096 * 3584 + 3584 * 3584)
     assert 2.0 < full.total / pruned.total < 2.2
+
+
+@pytest.mark.parametrize("method, budget, options", [("visiondrop", 8, {}), ("fastv", 12, {"layer": 3}),
+                                                     ("visiondrop", 30, {})])
+def test_qwen3_vl_counts_match_a_pruned_run(method, budget, options):
+    """Qwen3-VL plans each image for its own token count: the counts for an image size equal
+    a pruned run's on an image of that size (28-px merged cells on the tiny model; an image
+    with fewer tokens than the budget passes whole)."""
+    from tiny_qwen3_vl import qwen3_batch, tiny_qwen3
+
+    model = tiny_qwen3()
+    grid = (1, 8, 12)  # 112 x 168 px: 4 x 6 = 24 merged tokens, 96 patches
+    with torch.no_grad(), visiondrop.apply(model, method, budget=budget, **options) as handle:
+        model(**qwen3_batch([[("image", grid)]], [4]))
+    adapter = visiondrop.models.adapter_for(model)
+    _, schedule = adapter.plan(visiondrop.methods.get_method(method).from_options(budget=budget, **options))
+    counts = adapter.image_counts(schedule, (112, 168))
+    assert counts.per_layer == handle.report.layer_visual_tokens[0].tolist()
+    assert (counts.encoder_passes, counts.projected, counts.encoder_tokens) == (1, 24, 96)
+    with pytest.raises(ValueError, match="plan the method on this adapter first"):
+        visiondrop.models.adapter_for(model).image_counts(schedule, (112, 168))
+    flops = fl.model_prefill_flops(model, method=method, budget=budget, options=options, image_size=(112, 168))
+    assert flops.vision == 4 * fl.transformer_layer_flops(96, 32, 64, gated_mlp=False)
+    assert flops.projector == 3 * 2 * 24 * (128 * 128 + 128 * 64)  # the merger and 2 DeepStack mergers
+
+
+def test_full_size_qwen3_vl_flops():
+    """Qwen3-VL-8B, one 512 x 512 image (32 x 32 patches, 256 merged tokens), and the CLI with
+    method options (FastV's default layer is refused there: DeepStack)."""
+    qwen = fl.meta_model("qwen3-vl-8b")
+    full = fl.model_prefill_flops(qwen)
+    pruned = fl.model_prefill_flops(qwen, method="visiondrop", budget=64)
+    assert full.vision == pruned.vision == 27 * fl.transformer_layer_flops(1024, 1152, 4304, gated_mlp=False)
+    assert full.projector == 4 * 2 * 256 * (4608 * 4608 + 4608 * 4096)
+    assert full.llm == fl.llm_flops(qwen.config.text_config, [256 + 64] * 36)
+    assert 1.9 < full.total / pruned.total < 2.1
+    bigger = fl.model_prefill_flops(qwen, image_size=(1024, 768))  # 32 x 24 merged tokens
+    assert bigger.llm == fl.llm_flops(qwen.config.text_config, [768 + 64] * 36)
+
+
+def test_cli_flops_qwen3_vl_with_method_options(capsys):
+    assert main(["flops", "--config", "qwen3-vl-8b", "--methods", "visiondrop,fastv[layer=3]"]) == 0
+    out = capsys.readouterr().out
+    assert "| fastv[layer=3] |" in out and "| full | 0.972 |" in out
+    assert main(["flops", "--config", "qwen3-vl-8b", "--methods", "fastv"]) == 2
+    assert "--budget: fastv: schedule: Qwen3-VL adds its DeepStack features" in capsys.readouterr().err
+    assert main(["flops", "--config", "qwen3-vl-8b", "--methods", "fastv[layr=3]"]) == 2
+    assert "--methods: 'fastv[layr=3]': layr: unknown option" in capsys.readouterr().err
+
+
+def test_flops_doc_table_of_current_models_is_what_the_code_counts():
+    """docs/benchmarks/flops.md's table of InternVL3, Qwen3-VL and Gemma 3: every cell."""
+    from pathlib import Path
+
+    text = (Path(__file__).parents[1] / "docs" / "benchmarks" / "flops.md").read_text()
+    for name in ("internvl3-8b", "qwen3-vl-8b", "gemma-3-4b"):
+        row = next(line for line in text.splitlines() if line.startswith(f"| `{name}` |"))
+        cells = [cell.strip() for cell in row.strip("|").split("|")]
+        model = fl.meta_model(name)
+        full = fl.model_prefill_flops(model)
+        pruned = fl.model_prefill_flops(model, method="visiondrop", budget=64)
+        expected = [f"{full.vision / 1e12:.3f}", f"{full.projector / 1e12:.3f}", f"{full.llm / 1e12:.3f}",
+                    f"{full.total / 1e12:.2f}", f"{pruned.total / 1e12:.2f}", f"{pruned.total / full.total:.1%}"]
+        assert cells[2:] == expected, name
+
+
+def test_full_size_gemma3_geometry_and_flops():
+    gemma = fl.meta_model("gemma-3-4b")
+    assert round(sum(p.numel() for p in gemma.parameters()) / 1e9, 2) == 4.30
+    assert str(visiondrop.plan(gemma, "visiondrop", budget=64)) == "encoder 84+12; llm [L8:62+9, L17:45+7, L26:33+5]"
+    full = fl.model_prefill_flops(gemma)
+    assert full.vision == 27 * fl.transformer_layer_flops(4096, 1152, 4304, gated_mlp=False)
+    assert full.projector == 2 * 256 * 1152 * 2560  # one matrix on the pooled tokens
+    # attention width 8 x 256 = 2048, not the hidden 2560; keys and values 4 x 256
+    assert full.llm == 34 * fl.transformer_layer_flops(256 + 64, 2560, 10240, 1024, attention_width=2048)

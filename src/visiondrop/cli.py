@@ -49,10 +49,12 @@ def build_parser() -> argparse.ArgumentParser:
     flops.add_argument("--config", default="llava-1.5-7b",
                        help="llava-1.5-7b, llava-next-7b, internvl3-8b, or a checkpoint folder / hub id (its "
                             "config only)")
-    flops.add_argument("--methods", default="visiondrop", help="comma list of methods (default visiondrop)")
+    flops.add_argument("--methods", default="visiondrop",
+                       help="comma list of methods, each with options if any: fastv[layer=3] (default visiondrop)")
     flops.add_argument("--budget", type=int, default=64, help="visual-token budget (default 64)")
     flops.add_argument("--text-tokens", type=int, default=64, help="text tokens of the prompt (default 64)")
-    flops.add_argument("--image-size", default=None, help="HxW of the image (anyres models; default the largest grid)")
+    flops.add_argument("--image-size", default=None,
+                       help="HxW of the image (anyres: default the largest grid; Qwen3-VL: 512x512)")
     flops.add_argument("--table4", action="store_true", help="print the paper's Table 4 cells beside ours")
 
     bench = commands.add_parser(
@@ -62,7 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--config", default="llava-1.5-7b",
                        help="llava-1.5-7b, llava-next-7b or internvl3-8b (random weights, no download), or a "
                             "checkpoint")
-    bench.add_argument("--methods", default="visiondrop,fastv,pdrop,sparsevlm,visionzip,vispruner")
+    bench.add_argument("--methods", default="visiondrop,fastv,pdrop,sparsevlm,visionzip,vispruner",
+                       help="comma list of methods, each with options if any: fastv[layer=3]")
     bench.add_argument("--budget", type=int, default=64)
     bench.add_argument("--throughput-batches", default="8,32")
     bench.add_argument("--decode-batches", default="1,32")
@@ -212,16 +215,21 @@ def flops(args: argparse.Namespace) -> int:
         except (OSError, ValueError) as error:
             raise _BadArgument("--config", str(error)) from None
         import visiondrop
+        from visiondrop.eval.fidelity import parse_method
 
         rows = [("full", fl.model_prefill_flops(model, None, image_size=size, text_tokens=args.text_tokens))]
         for name in names:
             try:
-                schedule = visiondrop.plan(model, name, budget=args.budget)
+                method, options = parse_method(name)
             except ValueError as error:
-                raise _BadArgument("--methods" if name not in visiondrop.available_methods() else "--budget",
+                raise _BadArgument("--methods", str(error).removeprefix("methods: ")) from None
+            try:
+                visiondrop.plan(model, method, budget=args.budget, **options)  # the checks and errors of apply()
+                rows.append((name, fl.model_prefill_flops(model, method=method, budget=args.budget, options=options,
+                                                          image_size=size, text_tokens=args.text_tokens)))
+            except ValueError as error:
+                raise _BadArgument("--methods" if method not in visiondrop.available_methods() else "--budget",
                                    f"{name}: {error}") from None
-            rows.append((name, fl.model_prefill_flops(model, schedule, image_size=size,
-                                                      text_tokens=args.text_tokens)))
     except (_BadArgument, NotImplementedError) as error:
         print(f"visiondrop: {error}", file=sys.stderr)
         return 2
@@ -243,7 +251,10 @@ def bench(args: argparse.Namespace) -> int:
 
     try:
         methods = tuple(name.strip() for name in args.methods.split(",") if name.strip())
-        unknown = [m for m in methods if m not in visiondrop.available_methods()]
+        try:
+            unknown = [m for m in methods if latency.method_spec(m)[0] not in visiondrop.available_methods()]
+        except ValueError as error:
+            raise _BadArgument("--methods", str(error)) from None
         if unknown:
             raise _BadArgument("--methods", f"unknown {unknown}; available: {sorted(visiondrop.available_methods())}")
         batches = {}

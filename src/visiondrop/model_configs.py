@@ -2,7 +2,7 @@
 benchmarks (no download: latency, memory and FLOPs do not depend on weight values).
 
 Values follow the public checkpoints' config.json files (llava-hf; OpenGVLab/InternVL3-8B-hf;
-Qwen/Qwen3-VL-8B-Instruct), written here by hand: nothing can be downloaded to compare them
+Qwen/Qwen3-VL-8B-Instruct; google/gemma-3-4b-it), written here by hand: nothing can be downloaded to compare them
 with, and random-weight runs need only the geometry.
 """
 
@@ -71,5 +71,22 @@ def qwen3_vl_8b_config():
                          vision_start_token_id=151652, vision_end_token_id=151653)
 
 
+def gemma3_4b_config():
+    """google/gemma-3-4b-it: SigLIP-So400m (27 layers, 896 px, 14-px patches, no [CLS]), a 4 x 4
+    average pool to 256 tokens, Gemma 3 4B (34 layers, GQA 8 / 4, head_dim 256; five sliding-window
+    layers of 1,024 to one full layer)."""
+    from transformers import Gemma3Config
+
+    vision = dict(hidden_size=1152, intermediate_size=4304, num_hidden_layers=27, num_attention_heads=16,
+                  image_size=896, patch_size=14, vision_use_head=False, layer_norm_eps=1e-6)
+    text = dict(hidden_size=2560, intermediate_size=10240, num_hidden_layers=34, num_attention_heads=8,
+                num_key_value_heads=4, head_dim=256, query_pre_attn_scalar=256, sliding_window=1024,
+                vocab_size=262208, max_position_embeddings=131072,
+                rope_parameters={"full_attention": {"rope_type": "linear", "factor": 8.0, "rope_theta": 1000000.0},
+                                 "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0}})
+    return Gemma3Config(vision_config=vision, text_config=text, mm_tokens_per_image=256, image_token_id=262144,
+                        boi_token_id=255999, eoi_token_id=256000)
+
+
 CONFIGS = {"llava-1.5-7b": llava_1_5_7b_config, "llava-next-7b": llava_next_7b_config,
-           "internvl3-8b": internvl3_8b_config, "qwen3-vl-8b": qwen3_vl_8b_config}
+           "internvl3-8b": internvl3_8b_config, "qwen3-vl-8b": qwen3_vl_8b_config, "gemma-3-4b": gemma3_4b_config}

@@ -28,7 +28,7 @@ import torch
 from ..api import apply
 from ..capture import CapturedPrefill
 from . import latency
-from .latency import BenchConfig, Figure, IdealVariant, _timer, build_model, environment, make_inputs
+from .latency import BenchConfig, Figure, IdealVariant, _timer, build_model, environment, make_inputs, method_spec
 
 
 def _graphed(fn, warmup: int, graph: bool):
@@ -75,7 +75,11 @@ def run_captured(config: BenchConfig, model=None, progress: bool = True) -> dict
         ttft["full"] = lambda: model(**inputs, use_cache=True, logits_to_keep=1)
         for method in tqdm([None, *config.methods], desc="capturing", disable=not progress):
             name = f"{method or 'full'}+graph"
-            handle = apply(model, method, budget=config.budget) if method else None
+            if method:
+                name_, options = method_spec(method)
+                handle = apply(model, name_, budget=config.budget, **options)
+            else:
+                handle = None
             try:
                 try:
                     captured = CapturedPrefill(model, ids, pixels, warmup=config.warmup + 1, graph=graph)

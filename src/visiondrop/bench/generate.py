@@ -33,7 +33,7 @@ import torch
 
 from ..api import apply
 from ..models.guards import detached
-from .latency import BenchConfig, Figure, Variant, build_model, checked_variants, environment, make_inputs
+from .latency import BenchConfig, Figure, Variant, build_model, checked_variants, environment, make_inputs, method_spec
 
 #: the host-side calls that start device work, as the profiler names them
 LAUNCHES = ("cudaLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernel", "cuLaunchKernelEx", "cudaMemcpyAsync",
@@ -64,14 +64,14 @@ class GraphVariant(Variant):
     run: applied at the first activation, detached (:func:`~visiondrop.models.guards.detached`)
     while other variants run, removed by :meth:`close`."""
 
-    def __init__(self, name: str, method: str, budget: int | None) -> None:
-        super().__init__(f"{name}+graphs", method, budget)
+    def __init__(self, name: str, method: str, budget: int | None, options: dict | None = None) -> None:
+        super().__init__(f"{name}+graphs", method, budget, options)
         self._detached = None
 
     def activate(self, model) -> None:
         if self.handle is None:
             mode = True if next(model.parameters()).device.type == "cuda" else "frozen"
-            self.handle = apply(model, self.method, budget=self.budget, cuda_graphs=mode)
+            self.handle = apply(model, self.method, budget=self.budget, cuda_graphs=mode, **self.options)
         elif self._detached is not None:
             self._detached.__exit__(None, None, None)
             self._detached = None
@@ -94,7 +94,10 @@ def graph_variants(config: BenchConfig, model) -> list[GraphVariant]:
     from ..methods import get_method
 
     variants = [GraphVariant("full", "none", None)]
-    variants += [GraphVariant(m, m, config.budget) for m in config.methods if get_method(m).fixed_shapes]
+    for spec in config.methods:
+        method, options = method_spec(spec)
+        if get_method(method).fixed_shapes:
+            variants.append(GraphVariant(spec, method, config.budget, options))
     for variant in variants:
         variant.activate(model)
         variant.deactivate()

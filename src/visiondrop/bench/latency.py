@@ -131,6 +131,8 @@ def make_inputs(model, batch: int, text_tokens: int, image_size=None, seed: int 
     side = config.vision_config.image_size
     side = side[0] if isinstance(side, (list, tuple)) else side  # InternVL: [H, W]
     out = {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids)}
+    if config.model_type == "gemma3":  # the image block its tokens attend both ways in
+        out["token_type_ids"] = (input_ids == config.image_token_id).long()
     if getattr(config, "image_grid_pinpoints", None):
         size = image_size or max(adapter.pinpoints, key=lambda p: p[0] * p[1])
         out["pixel_values"] = torch.randn(batch, counts.encoder_passes, 3, side, side, generator=generator)
@@ -168,16 +170,30 @@ def media_tokens(model) -> list[int]:
             if t is not None]
 
 
+def method_spec(spec: str) -> tuple[str, dict]:
+    """``(method, options)`` of ``spec``: a method name, with options in brackets if any."""
+    from ..methods.options import parse_method_spec
+    from ..models import model_options
+
+    return parse_method_spec(spec, model_options())
+
+
 class Variant:
     """One column of the benchmark: how to prepare the model and run a prefill."""
 
-    def __init__(self, name: str, method: str | None, budget: int | None) -> None:
-        self.name, self.method, self.budget = name, method, budget
+    def __init__(self, name: str, method: str | None, budget: int | None, options: dict | None = None) -> None:
+        self.name, self.method, self.budget, self.options = name, method, budget, dict(options or {})
         self.handle = None
+
+    @classmethod
+    def of_spec(cls, spec: str, budget: int | None) -> Variant:
+        """The variant of a command-line method spec: ``fastv`` or ``fastv[layer=3]``."""
+        method, options = method_spec(spec)
+        return cls(spec, method, budget, options)
 
     def activate(self, model) -> None:
         if self.method is not None:
-            self.handle = apply(model, self.method, budget=self.budget)
+            self.handle = apply(model, self.method, budget=self.budget, **self.options)
 
     def deactivate(self) -> None:
         if self.handle is not None:
@@ -237,7 +253,7 @@ class IdealVariant(Variant):
 def checked_variants(config: BenchConfig, model) -> list[Variant]:
     """``full``, each method at the budget, and ``ideal``; each applied to the model once,
     so that a budget a method cannot plan or an unsupported model fails before any timing."""
-    variants = [Variant("full", None, None)] + [Variant(m, m, config.budget) for m in config.methods]
+    variants = [Variant("full", None, None)] + [Variant.of_spec(m, config.budget) for m in config.methods]
     if config.ideal:
         variants.append(IdealVariant(config.budget))
     for variant in variants:

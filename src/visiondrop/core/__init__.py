@@ -5,10 +5,11 @@ Nothing in this package knows about transformers or any model class. Methods
 them tensors taken from a model's own modules.
 """
 
-from .layout import CompactionPlan, plan_compaction
+from .layout import CompactionPlan, image_blocks, plan_compaction
 from .merging import ContextualMerge, contextual_merge
 from .scoring import (
     attention_probs,
+    block_sums,
     cls_attention_scores,
     received_attention_scores,
     text_query_scores,
@@ -20,8 +21,10 @@ __all__ = [
     "CompactionPlan",
     "ContextualMerge",
     "attention_probs",
+    "block_sums",
     "cls_attention_scores",
     "contextual_merge",
+    "image_blocks",
     "plan_compaction",
     "received_attention_scores",
     "select_dominant",

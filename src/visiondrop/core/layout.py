@@ -224,3 +224,11 @@ def plan_compaction(
         dominant_slots=torch.from_numpy(np.concatenate(slots)) if slots else empty,
         dominant_base=torch.from_numpy(np.concatenate(bases)) if bases else empty,
     )
+
+
+def image_blocks(visual: torch.Tensor) -> torch.Tensor:
+    """``(B, L)`` bool visual columns -> long block ids: each run of visual tokens is one
+    block, numbered from 0 per row, and -1 for text (Gemma 3's rule: an image's tokens
+    attend to each other both ways)."""
+    starts = visual & ~torch.nn.functional.pad(visual, (1, 0))[:, :-1]
+    return torch.where(visual, starts.long().cumsum(1) - 1, -1)

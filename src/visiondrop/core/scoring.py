@@ -14,6 +14,9 @@ from __future__ import annotations
 
 import torch
 
+#: most float32 attention logits materialised at once (512 MiB)
+MAX_LOGITS = 2**27
+
 
 def attention_probs(
     queries: torch.Tensor,
@@ -38,10 +41,22 @@ def attention_probs(
     if q_heads % k_heads:
         raise ValueError(f"query heads ({q_heads}) must be a multiple of key heads ({k_heads})")
     grouped = queries.float().view(num_segments, k_heads, q_heads // k_heads, num_queries, head_dim)
-    logits = torch.einsum("skgqd,skld->skgql", grouped, keys.float()) * scaling
-    if key_mask is not None:
-        logits = logits.masked_fill(~key_mask[:, None, None], torch.finfo(logits.dtype).min)
-    return logits.softmax(dim=-1).mean(dim=(1, 2))
+    keys = keys.float()
+    group = q_heads // k_heads
+    # Long sequences (Gemma 3's 4,096 SigLIP patches) would need GBs of logits at once:
+    # then key heads are taken a few at a time, summing their heads' probabilities.
+    step = max(1, MAX_LOGITS // max(1, num_segments * group * num_queries * keys.shape[2]))
+    total = None
+    for first in range(0, k_heads, step):
+        logits = torch.einsum("skgqd,skld->skgql", grouped[:, first:first + step], keys[:, first:first + step])
+        logits = logits * scaling
+        if key_mask is not None:
+            logits = logits.masked_fill(~key_mask[:, None, None], torch.finfo(logits.dtype).min)
+        if step >= k_heads:
+            return logits.softmax(dim=-1).mean(dim=(1, 2))
+        chunk = logits.softmax(dim=-1).sum(dim=(1, 2))
+        total = chunk if total is None else total + chunk
+    return total / q_heads
 
 
 def cls_attention_scores(queries: torch.Tensor, keys: torch.Tensor, scaling: float) -> torch.Tensor:
@@ -123,3 +138,13 @@ def text_query_scores(
         return visual.mean(dim=1)
     weights = query_weights.float()
     return (visual * weights[..., None]).sum(dim=1) / weights.sum(dim=1, keepdim=True).clamp(min=1e-12)
+
+
+def block_sums(per_patch: torch.Tensor, side: int, block: int) -> torch.Tensor:
+    """``(S, side * side, ...)`` values per patch of a raster grid -> ``(S, (side / block) ** 2, ...)``
+    sums over each ``block`` x ``block`` square, squares in raster order: the score of a token
+    that stands for a square of patches (InternVL's 2 x 2 pixel shuffle, Gemma 3's 4 x 4
+    average pool) is what its patches receive together."""
+    count, cells = per_patch.shape[0], side // block
+    grid = per_patch.reshape(count, cells, block, cells, block, *per_patch.shape[2:])
+    return grid.sum(dim=(2, 4)).reshape(count, cells * cells, *per_patch.shape[2:])

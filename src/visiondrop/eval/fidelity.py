@@ -234,28 +234,14 @@ def check_arguments(model, methods: Iterable[str] | str | None = None, budgets: 
 
 def parse_method(spec: str) -> tuple[str, dict]:
     """``"name"`` or ``"name[key=value;key=value]"`` -> ``(name, options)``; values
-    are typed by the method's config (:mod:`visiondrop.methods.options`)."""
-    from visiondrop.methods import available_methods
-    from visiondrop.methods.options import parse_method_options
+    are typed by the method's config (:func:`visiondrop.methods.options.parse_method_spec`)."""
+    from visiondrop.methods.options import parse_method_spec
     from visiondrop.models import model_options
 
-    name, _, rest = spec.partition("[")
-    name = name.strip()
-    options: dict = {}
-    if rest:
-        if not rest.endswith("]"):
-            raise FidelityConfigError("methods", f"{spec!r}: options go in brackets, e.g. visiondrop[positions=keep]")
-        for pair in filter(None, rest[:-1].split(";")):
-            key, eq, value = pair.partition("=")
-            if not eq or not key.strip():
-                raise FidelityConfigError("methods", f"{spec!r}: option {pair!r} is not key=value")
-            options[key.strip()] = value.strip()
-    if name not in available_methods():
-        return name, options  # the caller names the unknown method
     try:
-        return name, parse_method_options(name, options, model_options())
+        return parse_method_spec(spec, model_options())
     except ValueError as error:
-        raise FidelityConfigError("methods", f"{spec!r}: {error}") from None
+        raise FidelityConfigError("methods", str(error)) from None
 
 
 def normalize_methods(methods: Iterable[str] | str | None) -> list[str]:

@@ -102,6 +102,11 @@ class DecoderStage:
         origins: long ``(S, L)`` each token's column in the sequence that entered the
             LM (-1 for merged tokens), to follow tokens across stages.
         memo: one dict per prefill that a method may keep state in across its stages.
+        blocks: long ``(S, L)`` on models whose image tokens attend to each other both
+            ways (Gemma 3): each column's image block (a run of visual tokens), -1 for
+            text; None: causal attention only.
+        window: the scoring layer's sliding window (keys more than ``window - 1``
+            columns back are not attended), None for full attention.
     """
 
     hidden: torch.Tensor
@@ -116,6 +121,8 @@ class DecoderStage:
     last_columns: torch.Tensor | None = None
     origins: torch.Tensor | None = None
     memo: dict = dataclasses.field(default_factory=dict)
+    blocks: torch.Tensor | None = None
+    window: int | None = None
 
     def visual_keys(self) -> torch.Tensor:
         """``(S, N, d)`` the visual tokens' keys averaged over heads (merge metric)."""
@@ -123,9 +130,17 @@ class DecoderStage:
         return self.keys.gather(2, index).mean(dim=1)
 
     def query_mask(self, columns: torch.Tensor) -> torch.Tensor:
-        """bool ``(S, M, L)``: the causal and padding mask of queries at ``columns`` ``(S, M)``."""
-        causal = torch.arange(self.row_mask.shape[1], device=columns.device)[None, None, :] <= columns[..., None]
-        return causal & self.row_mask[:, None, :]
+        """bool ``(S, M, L)``: what queries at ``columns`` ``(S, M)`` attend to, as the
+        model's own mask has it: causal, or within the query's image block (``blocks``),
+        inside the sliding ``window``, never padding."""
+        keys = torch.arange(self.row_mask.shape[1], device=columns.device)[None, None, :]
+        visible = keys <= columns[..., None]
+        if self.blocks is not None:
+            query_blocks = self.blocks.gather(1, columns)[..., None]
+            visible = visible | ((query_blocks >= 0) & (self.blocks[:, None, :] == query_blocks))
+        if self.window is not None:
+            visible = visible & (keys > columns[..., None] - self.window)
+        return visible & self.row_mask[:, None, :]
 
 
 @dataclass

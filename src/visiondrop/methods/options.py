@@ -185,3 +185,29 @@ def parse_method_options(method: str, options: Mapping[str, Any], model_options:
             raise ValueError(f"{name}: unknown option for method {method!r}; its options: {sorted(types)}"
                              + (f"; model options: {sorted(model_options)}" if model_options else ""))
     return typed
+
+
+def parse_method_spec(spec: str, model_options: Mapping[str, tuple] = ()) -> tuple[str, dict]:
+    """``"name"`` or ``"name[key=value;key=value]"`` (the command lines' method syntax) ->
+    ``(name, options)``, values typed by the method's config (``model_options`` as in
+    :func:`parse_method_options`); a bad spec raises ValueError. An unknown name comes back
+    as it is, for the caller to name with its own list."""
+    from . import available_methods
+
+    name, _, rest = spec.partition("[")
+    name = name.strip()
+    options: dict = {}
+    if rest:
+        if not rest.endswith("]"):
+            raise ValueError(f"{spec!r}: options go in brackets, e.g. visiondrop[positions=keep]")
+        for pair in filter(None, rest[:-1].split(";")):
+            key, eq, value = pair.partition("=")
+            if not eq or not key.strip():
+                raise ValueError(f"{spec!r}: option {pair!r} is not key=value")
+            options[key.strip()] = value.strip()
+    if name not in available_methods():
+        return name, options
+    try:
+        return name, parse_method_options(name, options, model_options)
+    except ValueError as error:
+        raise ValueError(f"{spec!r}: {error}") from None

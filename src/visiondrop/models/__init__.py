@@ -5,6 +5,7 @@ from __future__ import annotations
 from torch import nn
 
 from .base import ModelAdapter
+from .gemma3 import Gemma3Adapter
 from .internvl import InternVLAdapter
 from .llava import LlavaAdapter
 from .llava_next import LlavaNextAdapter
@@ -15,7 +16,7 @@ from .video_llava import VideoLlavaAdapter
 
 ADAPTERS: tuple[type[ModelAdapter], ...] = (LlavaAdapter, LlavaNextAdapter, LlavaOnevisionAdapter,
                                             VideoLlavaAdapter, Qwen2_5_VLAdapter, Qwen3VLAdapter,
-                                            InternVLAdapter)
+                                            InternVLAdapter, Gemma3Adapter)
 
 
 def supported_models() -> list[str]:

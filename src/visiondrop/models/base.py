@@ -27,6 +27,7 @@ class ImageCounts:
     per_layer: list[int]  # visual tokens each LM decoder layer sees (with unprunable ones: newlines)
     encoder_passes: int  # vision-tower passes (crops, frames)
     projected: int  # visual tokens through the projector
+    encoder_tokens: int | None = None  # tokens per tower pass (None: the config's image size)
 
 
 class ModelAdapter(ABC):

@@ -31,7 +31,7 @@ import torch
 from torch import nn
 from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
 
-from ..core.layout import Segment, host_to_device, plan_compaction
+from ..core.layout import Segment, host_to_device, image_blocks, plan_compaction
 from ..methods.base import DecoderStage, PruningMethod
 from ..report import PruningReport, SegmentRecord, StageRecord
 from ..schedule import Schedule, StageSpec
@@ -150,6 +150,26 @@ class MultimodalPositionRule(PositionRule):
         return None
 
 
+class MaskRule:
+    """Causal masks, one per layer type (full / sliding window), as Llama- and
+    Qwen2-family stacks build them; ``layer_idx`` sizes a mask against that layer's cache."""
+
+    #: an image's tokens attend to each other both ways in prefill (Gemma 3); the
+    #: stages' scores then see the same attention (:attr:`DecoderStage.blocks`)
+    bidirectional_images = False
+
+    def build(self, config, layer_type: str, index: int, hidden: torch.Tensor, mask_2d: torch.Tensor | None,
+              cache, visual: torch.Tensor | None) -> dict:
+        """``{layer_type: 4-D mask}`` for the layers of a stage (more types may come at
+        once). ``visual``: bool ``(B, L)`` visual columns in a prefill when
+        :attr:`bidirectional_images`, else None."""
+        build = create_sliding_window_causal_mask if layer_type == "sliding_attention" else create_causal_mask
+        # position_ids=None: with gapped positions the mask builders would take the
+        # batch for packed sequences. layer_idx: size against this layer's cache.
+        return {layer_type: build(config=config, inputs_embeds=hidden, attention_mask=mask_2d, position_ids=None,
+                                  layer_idx=index, **{_MASK_CACHE_KEYWORD: cache})}
+
+
 @dataclass
 class Layout:
     """The visual layout of the current prefill sequence."""
@@ -169,6 +189,14 @@ class Layout:
                        [p.to(device) for p in self.patches], None if self.origins is None else self.origins.to(device))
         moved.__dict__.update({k: v for k, v in self.__dict__.items() if k == "row_counts"})  # CPU, computed once
         return moved
+
+    def visual(self, device: torch.device) -> torch.Tensor:
+        """bool ``(B, L)``: the visual columns of every row (built on the host: one copy,
+        not a launch per image)."""
+        visual = np.zeros(tuple(self.mask.shape), dtype=bool)
+        for segment in self.segments:
+            visual[segment.row, segment.start:segment.start + segment.length] = True
+        return host_to_device(torch.from_numpy(visual), device)
 
     @cached_property
     def row_counts(self) -> torch.Tensor:
@@ -216,7 +244,7 @@ class Session:
     layout: Layout | None = None
     stages: dict[int, StageState] = field(default_factory=dict)
     overrides: dict | None = None  # positions and RoPE for the layers after a stage
-    mask_source: tuple | None = None  # (hidden, 2-D mask, cache) the stage's 4-D masks are built from
+    mask_source: tuple | None = None  # (hidden, 2-D mask, cache, visual) the stage's 4-D masks are built from
     masks: dict = field(default_factory=dict)  # layer type -> 4-D mask for the current stage
     decoding: bool = False
     # The prefill's current 2-D mask has no padding, known on the host: masks are then
@@ -237,14 +265,19 @@ class DecoderPruner:
     """LLM-side stages of one method on one decoder stack (``LlamaModel``-like:
     ``layers``, ``rotary_emb``, ``config``; layers with ``input_layernorm`` and
     ``self_attn.{q,k}_proj``). ``position_rule``: :class:`MultimodalPositionRule` for
-    mRoPE stacks; positions handed in are then ``(B, L, 3)``."""
+    mRoPE stacks; positions handed in are then ``(B, L, 3)``. ``mask_rule``: how a stage's
+    masks are built (:class:`MaskRule`; Gemma 3's adds image blocks)."""
 
     def __init__(self, language_model: nn.Module, method: PruningMethod, schedule: Schedule, positions: str,
-                 position_rule: PositionRule | None = None):
+                 position_rule: PositionRule | None = None, mask_rule: MaskRule | None = None):
         self.lm = language_model
         self.method = method
         self.positions = positions
         self.rule = position_rule or PositionRule()
+        self.mask_rule = mask_rule or MaskRule()
+        self.layer_types = getattr(language_model.config, "layer_types", None)
+        # Gemma 3 keeps one RoPE table per layer type (``rotary_emb(x, ids, layer_type)``)
+        self.rope_by_layer_type = "layer_type" in inspect.signature(language_model.rotary_emb.forward).parameters
         self.stage_specs = dict(zip(schedule.layers or (), schedule.llm))
         self.score_offset = method.score_layer_offset
         self.wants_entry = type(method).prepare_llm is not PruningMethod.prepare_llm
@@ -368,8 +401,7 @@ class DecoderPruner:
                 kwargs["hidden_states"] = hidden
         if self.score_offset == -1 and index + 1 in self.stage_specs:
             # The next stage scores with this layer's attention, on this layer's input.
-            cos_sin = session.overrides["position_embeddings"] if session.overrides else kwargs["position_embeddings"]
-            session.score_input = (layer, hidden, cos_sin)
+            session.score_input = (layer, hidden, self._cos_sin(index, kwargs))
         if index == 0 or index in self.stage_specs:  # the count holds until the next stage
             session.report.layer_visual_tokens[:, index:] = session.layout.row_counts[:, None]
         self._apply_overrides(index, kwargs)
@@ -406,10 +438,7 @@ class DecoderPruner:
         starts = host_to_device(torch.tensor([s.start for s in segments]), device)
         columns = starts[:, None] + torch.arange(segments[0].length, device=device)
         row_mask = of_rows(layout.mask).bool()
-        visual = np.zeros((batch, length), dtype=bool)  # on the host (numpy): one copy, not a launch per image
-        for segment in layout.segments:  # every image of the row, not only this group's
-            visual[segment.row, segment.start:segment.start + segment.length] = True
-        visual = host_to_device(torch.from_numpy(visual), device)
+        visual = layout.visual(device)  # every image of the row, not only this group's
         if self.session.dense:  # no padding: each row's last column is its last token
             last = torch.full((len(segments),), length - 1, device=device)
         else:
@@ -438,6 +467,9 @@ class DecoderPruner:
                               sin.expand(len(segments), -1, -1)[local, cols])
 
         stage.keys = apply_rope(keys, cos, sin)
+        if self.mask_rule.bidirectional_images:
+            stage.blocks = image_blocks(stage.row_visual)
+        stage.window = getattr(attn, "sliding_window", None)
         stage.key_mask = stage.query_mask(columns)
         stage.scaling = attn.scaling
         stage.project_queries = project_queries
@@ -450,7 +482,7 @@ class DecoderPruner:
             score_layer, score_hidden, cos_sin = session.score_input
             score_hidden = score_hidden.to(hidden.device)
         else:
-            cos_sin = session.overrides["position_embeddings"] if session.overrides else kwargs["position_embeddings"]
+            cos_sin = self._cos_sin(index, kwargs)
             score_layer, score_hidden = layer, hidden
         cos_sin = tuple(t.to(hidden.device) for t in cos_sin)
         count = len(layout.segments)
@@ -541,27 +573,41 @@ class DecoderPruner:
         layer type on first use (:meth:`_apply_overrides`), from ``mask_2d`` (None: no
         padding, which spares transformers' device-to-host check of the mask)."""
         session = self.session
-        rotary = self.lm.rotary_emb(hidden, position_ids=self.rule.rope_ids(positions))
+        ids = self.rule.rope_ids(positions)
+        if self.rope_by_layer_type:
+            rotary = {kind: self.lm.rotary_emb(hidden, ids, kind) for kind in sorted(set(self.layer_types))}
+        else:
+            rotary = self.lm.rotary_emb(hidden, position_ids=ids)
         session.overrides = {"position_embeddings": rotary, "position_ids": self.rule.layer_ids(positions)}
-        session.mask_source = (hidden, mask_2d, cache_argument(kwargs))
+        image_blocks_here = self.mask_rule.bidirectional_images and not session.decoding
+        visual = session.layout.visual(hidden.device) if image_blocks_here else None
+        session.mask_source = (hidden, mask_2d, cache_argument(kwargs), visual)
         session.masks = {}
+
+    def _layer_type(self, index: int) -> str:
+        # Qwen2-family and Gemma 3 stacks mix full and sliding-window layers
+        # (config.layer_types), each with its own mask and, in decode, its own cache length.
+        return self.layer_types[index] if self.layer_types else "full_attention"
+
+    def _cos_sin(self, index: int, kwargs) -> tuple:
+        """The RoPE table layer ``index`` runs with: the current stage's, else the LM's."""
+        overrides = self.session.overrides
+        if overrides is None:
+            return kwargs["position_embeddings"]
+        rotary = overrides["position_embeddings"]
+        return rotary[self._layer_type(index)] if isinstance(rotary, dict) else rotary
 
     def _apply_overrides(self, index: int, kwargs) -> None:
         session = self.session
         if session.overrides is None:
             return
-        kwargs.update(session.overrides)
-        # Qwen2-family stacks mix full and sliding-window layers (config.layer_types),
-        # each with its own mask and, in decode, its own cache length.
-        layer_types = getattr(self.lm.config, "layer_types", None)
-        layer_type = layer_types[index] if layer_types else "full_attention"
+        kwargs["position_embeddings"] = self._cos_sin(index, kwargs)
+        kwargs["position_ids"] = session.overrides["position_ids"]
+        layer_type = self._layer_type(index)
         if layer_type not in session.masks:
-            build = create_sliding_window_causal_mask if layer_type == "sliding_attention" else create_causal_mask
-            hidden, mask_2d, cache = session.mask_source
-            # position_ids=None: with gapped positions the mask builders would take the
-            # batch for packed sequences. layer_idx: size against this layer's cache.
-            session.masks[layer_type] = build(config=self.lm.config, inputs_embeds=hidden, attention_mask=mask_2d,
-                                              position_ids=None, layer_idx=index, **{_MASK_CACHE_KEYWORD: cache})
+            hidden, mask_2d, cache, visual = session.mask_source
+            session.masks.update(self.mask_rule.build(self.lm.config, layer_type, index, hidden, mask_2d, cache,
+                                                      visual))
         kwargs["attention_mask"] = session.masks[layer_type]
 
     # ----------------------------------------------------------------- decode

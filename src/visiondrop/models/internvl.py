@@ -39,8 +39,7 @@ import inspect
 import torch
 
 from ..core.layout import Segment
-from ..core.scoring import attention_probs
-from ..methods.base import EncoderStage, ModelGeometry, PruningMethod
+from ..methods.base import ModelGeometry, PruningMethod
 from ..report import SegmentRecord, StageRecord
 from ..schedule import Schedule
 from ..timing import machinery
@@ -123,39 +122,11 @@ class InternVLAdapter(LlavaAdapter):
         ]
 
     # --------------------------------------------------------------- encoder
-    def _block_sum(self, per_patch: torch.Tensor) -> torch.Tensor:
-        """``(tiles, side * side, ...)`` per patch -> ``(tiles, side * side / 4, ...)`` per 2 x 2
-        block, in the pixel shuffle's raster order of blocks."""
-        tiles, half = per_patch.shape[0], self.side // 2
-        grid = per_patch.reshape(tiles, half, 2, half, 2, *per_patch.shape[2:])
-        return grid.sum(dim=(2, 4)).reshape(tiles, half * half, *per_patch.shape[2:])
-
     @machinery
     def _projector_pre_hook(self, module, args):
-        features = args[0]  # (tiles, 256, 4 C): the shuffled tokens
-        queries, keys = (self._stash.pop(k, None) for k in ("queries", "keys"))
-        if queries is None or queries.shape[0] != features.shape[0]:
-            raise RuntimeError("visiondrop: the projector ran without a matching vision-encoder pass")
-        attention = self.feature_attention
-        tiles, tokens, _ = queries.shape
-        heads = attention.num_heads
-
-        def per_head(x):
-            return x.view(tiles, tokens, heads, -1).transpose(1, 2)
-
-        # every token of the tile queries ([CLS] too: it shares the softmax); patches are scored
-        probs = attention_probs(per_head(queries), per_head(keys), attention.scale)  # (tiles, n, n), head mean
-        received = probs.mean(dim=1)[:, 1:]  # mean over the tile's queries, per patch
-        metric = per_head(keys).mean(dim=1)[:, 1:].float()  # head-averaged keys, per patch
-        stage = EncoderStage(hidden=features, queries=None, keys=None, scaling=1.0, has_cls=False,
-                             received=self._block_sum(received), merge_keys=self._block_sum(metric) / 4)
-        reduction = self.method.reduce_encoder(stage, self.schedule.encoder)
-        width = features.shape[-1]
-        kept = features.gather(1, reduction.dominant[..., None].expand(-1, -1, width))
-        encoder_patches = torch.arange(features.shape[1], device=features.device).expand(tiles, -1)
-        out_patches = torch.cat([reduction.dominant, reduction.merge.targets], dim=1)
-        self._pending = (reduction, encoder_patches, out_patches)
-        return (torch.cat([kept, reduction.merge.tokens.to(kept.dtype)], dim=1),)
+        # args[0]: (tiles, 256, 4 C), the shuffled tokens; the [CLS] token queries and is
+        # attended in the tower (it shares the softmax) but is not scored
+        return (self._reduce_blocks(args[0], self.feature_attention, self.side, 2, skip=1),)
 
     # ----------------------------------------------------------------- model
     def _image_segments(self, input_ids: torch.Tensor, kwargs) -> list[Segment]:

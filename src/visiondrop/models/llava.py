@@ -17,17 +17,19 @@ before prefill and never pass ``pixel_values`` to the forward).
 from __future__ import annotations
 
 import inspect
+from typing import ClassVar
 
 import numpy as np
 import torch
 
 from ..core.layout import Segment, host_to_device, plan_compaction, remembered
+from ..core.scoring import attention_probs, block_sums
 from ..methods.base import EncoderStage, ModelGeometry, PruningMethod
 from ..report import PruningReport, SegmentRecord, StageRecord
 from ..schedule import Schedule
 from ..timing import machinery
 from .base import ForwardHooks, ImageCounts, ModelAdapter
-from .decoder import DecoderPruner, Session, reindexed_positions
+from .decoder import DecoderPruner, MaskRule, Session, reindexed_positions
 
 SUPPORTED_TOWERS = ("CLIPVisionModel", "SiglipVisionModel")
 
@@ -58,6 +60,11 @@ class LlavaAdapter(ForwardHooks, ModelAdapter):
     #: what ``_image_segments`` leaves on the adapter beside the segments (image sizes,
     #: modalities): remembered with them when a frozen prefill plans once (capture.py)
     layout_attributes: tuple[str, ...] = ()
+    #: other per-token inputs of the forward, shortened with ``input_ids`` (Gemma 3's
+    #: ``token_type_ids``), and the value an extra image placeholder gets
+    aligned_inputs: ClassVar[dict[str, int]] = {}
+    #: how the LLM stages build masks (None: causal, :class:`~visiondrop.models.decoder.MaskRule`)
+    mask_rule: ClassVar[MaskRule | None] = None
 
     def __init__(self, model) -> None:
         super().__init__(model)
@@ -114,7 +121,7 @@ class LlavaAdapter(ForwardHooks, ModelAdapter):
 
     def install(self, method: PruningMethod, schedule: Schedule, positions: str) -> list:
         self.method, self.schedule = method, schedule
-        self.pruner = DecoderPruner(self.language_model, method, schedule, positions)
+        self.pruner = DecoderPruner(self.language_model, method, schedule, positions, mask_rule=self.mask_rule)
         handles = [
             self.model.register_forward_pre_hook(self._reject_labels, with_kwargs=True),
             self.base.register_forward_pre_hook(self._model_pre_hook, with_kwargs=True),
@@ -177,6 +184,36 @@ class LlavaAdapter(ForwardHooks, ModelAdapter):
         self._pending = (reduction, encoder_patches, out_patches)
         return (reduced.to(features.dtype),)
 
+    def _reduce_blocks(self, features: torch.Tensor, attention, side: int, block: int, skip: int) -> torch.Tensor:
+        """The encoder stage on ``features`` ``(n, (side / block) ** 2, C)`` whose tokens each
+        stand for a ``block`` x ``block`` square of the feature layer's ``side`` x ``side``
+        patch grid (InternVL's pixel shuffle, Gemma 3's average pool), from that layer's
+        stashed queries and keys (``skip`` leading non-patch tokens, such as [CLS], query and
+        are attended but are not scored). Scores stay visual-only (paper, "Visual Query
+        Selection", Eq. 2-4): the mean attention each patch receives, summed over its square;
+        merge keys: the keys averaged over heads and over the square. Returns the D + C tokens."""
+        queries, keys = (self._stash.pop(k, None) for k in ("queries", "keys"))
+        if queries is None or queries.shape[0] != features.shape[0]:
+            raise RuntimeError("visiondrop: the projector ran without a matching vision-encoder pass")
+        count, tokens, _ = queries.shape
+
+        def per_head(x):
+            return x.view(count, tokens, attention.num_heads, -1).transpose(1, 2)
+
+        probs = attention_probs(per_head(queries), per_head(keys), attention.scale)  # (n, tokens, tokens)
+        received = probs.mean(dim=1)[:, skip:]
+        metric = per_head(keys).mean(dim=1)[:, skip:].float()
+        stage = EncoderStage(hidden=features, queries=None, keys=None, scaling=1.0, has_cls=False,
+                             received=block_sums(received, side, block),
+                             merge_keys=block_sums(metric, side, block) / block ** 2)
+        reduction = self.method.reduce_encoder(stage, self.schedule.encoder)
+        width = features.shape[-1]
+        kept = features.gather(1, reduction.dominant[..., None].expand(-1, -1, width))
+        encoder_patches = torch.arange(features.shape[1], device=features.device).expand(count, -1)
+        out_patches = torch.cat([reduction.dominant, reduction.merge.targets], dim=1)
+        self._pending = (reduction, encoder_patches, out_patches)
+        return torch.cat([kept, reduction.merge.tokens.to(kept.dtype)], dim=1)
+
     # ----------------------------------------------------------------- model
     def _prefill(self, kwargs, cache):
         pruner = self.pruner
@@ -228,6 +265,11 @@ class LlavaAdapter(ForwardHooks, ModelAdapter):
         entry_mask = plan.gather(source, mask, [mask.new_ones(e) for e in extra], fill=0)
         entry_positions = plan.gather(source, original_positions, [p.expand(e) for p, e in zip(last, extra)], fill=0)
         kwargs["input_ids"] = entry_ids
+        for name, placeholder_value in self.aligned_inputs.items():
+            values = kwargs.get(name)
+            if values is not None:
+                kwargs[name] = plan.gather(source, values, [values.new_full((e,), placeholder_value) for e in extra],
+                                           fill=0)
         dense = dense and len(set(plan.removed_per_row)) == 1
         # None when no row is padded: spares transformers' device-to-host check of the mask
         kwargs["attention_mask"] = None if dense else entry_mask

@@ -37,7 +37,11 @@ import torch
 from ..core.merging import merge_like
 from ..methods.base import PruningMethod
 from ..schedule import Schedule
+from .base import ImageCounts
 from .qwen2_5_vl import REFUSED, Qwen2_5_VLAdapter
+
+#: the image FLOPs are counted for by default (the bench's Qwen-VL image: 256 merged tokens)
+FLOPS_IMAGE_SIZE = (512, 512)
 
 
 class Qwen3VLAdapter(Qwen2_5_VLAdapter):
@@ -61,6 +65,29 @@ class Qwen3VLAdapter(Qwen2_5_VLAdapter):
                 f"{self.deepstack_levels - 1}, so LLM stages must come at layer {self.deepstack_levels} or later; "
                 f"{method.name} prunes before layer(s) {early}: move them{hint} or give schedule=... explicitly")
         return runtime, schedule
+
+    def image_counts(self, schedule: Schedule | None, image_size=None) -> ImageCounts:
+        """One image of ``image_size`` (default 512 x 512), each side rounded to the merged
+        grid's 32 px as the processor's ``smart_resize`` does (its pixel limits aside). Its
+        stages are planned for its own token count, as a prefill does: a pruned ``schedule``
+        needs this adapter's :meth:`plan` first (``model_prefill_flops(method=...)``)."""
+        if type(self.model).__name__ != "Qwen3VLForConditionalGeneration":
+            raise NotImplementedError("model: FLOPs are modelled for the dense Qwen3-VL only (the MoE LM's "
+                                      "active experts are not)")
+        height, width = FLOPS_IMAGE_SIZE if image_size is None else image_size
+        unit = self.model.config.vision_config.patch_size * self.merge
+        tokens = max(1, round(height / unit)) * max(1, round(width / unit))
+        layers = len(self.language_model.layers)
+        per_layer = [tokens] * layers
+        if schedule is not None:
+            if getattr(self, "method", None) is None:
+                raise ValueError("schedule: Qwen3-VL plans each image's stages for its size; plan the method on "
+                                 "this adapter first (model_prefill_flops(model, method=..., budget=...))")
+            self.schedule = schedule
+            sized = self._segment_schedule(tokens, "image")
+            if sized is not None:
+                per_layer = sized.tokens_per_layer(layers, self._entry_count(tokens, "image"))
+        return ImageCounts(per_layer, 1, tokens, encoder_tokens=tokens * self.merge ** 2)
 
     # ---------------------------------------------------------------- encoder
     def _raster_order(self, scores, metric, grid):
