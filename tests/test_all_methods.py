@@ -141,7 +141,8 @@ def test_bad_options_fail_before_compute(model, method):
 
 
 @pytest.mark.parametrize("options, budget", [({"llm_scores": "text"}, 64), ({"contextual_ratio": 0}, 64),
-                                             ({"encoder_stage": False}, 300), ({"entry_factor": 2.0}, 64)])
+                                             ({"encoder_stage": False}, 300), ({"entry_factor": 2.0}, 64),
+                                             ({"llm_scores": "visual-visible"}, 64)])
 def test_visiondrop_ablations_keep_the_budget(model, options, budget):
     """The paper's Figure 6 ablations are options of visiondrop, under the same budget rule."""
     batch = image_prompt(model, [5, 9])

@@ -170,7 +170,8 @@ def test_graph_run_tables_quote_the_committed_runs():
         assert result["graphs"] and all(counts["replays"] > 0 for counts in result["graphs"].values())
 
 
-@pytest.mark.parametrize(("folder", "name"), [("h100-internvl3", "internvl3-8b"), ("h100-qwen3-vl", "qwen3-vl-8b")])
+@pytest.mark.parametrize(("folder", "name"), [("h100-internvl3", "internvl3-8b"), ("h100-qwen3-vl", "qwen3-vl-8b"),
+                                             ("h100-gemma3", "gemma-3-4b")])
 def test_issue_20_run_tables_are_the_committed_runs(folder, name):
     import json
 

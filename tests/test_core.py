@@ -63,6 +63,10 @@ def test_visual_query_scores_keep_visual_columns_after_full_softmax():
     got = visual_query_scores(q, k, 0.5, mask, columns)
     assert torch.allclose(got, expected, atol=1e-6)
     assert got.sum() < 1  # the prefix key took some mass: the softmax was not over visual keys only
+    # per visible query: key 1 is seen by the 3 visual queries, key 2 by 2, key 3 by 1 (causal)
+    visible = visual_query_scores(q, k, 0.5, mask, columns, per_visible_query=True)
+    torch.testing.assert_close(visible, probs[:, :, 1:4].sum(1) / torch.tensor([3.0, 2.0, 1.0]))
+    assert visible[0, 2] > got[0, 2] * 2.9  # the last key is no longer divided by queries that cannot see it
 
 
 def test_select_dominant_sorted_top_k():

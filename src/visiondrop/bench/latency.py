@@ -23,6 +23,8 @@ only to check its bookkeeping: tests assert no timing).
 
 from __future__ import annotations
 
+import contextlib
+import inspect
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -246,8 +248,29 @@ class IdealVariant(Variant):
 
     def generate(self, model, inputs, new_tokens: int):
         embeds = self._embeds(model, inputs)
-        return model.generate(inputs_embeds=embeds, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
-                              do_sample=False, suppress_tokens=media_tokens(model))
+        with _embeds_accepted(model):
+            return model.generate(inputs_embeds=embeds, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
+                                  do_sample=False, suppress_tokens=media_tokens(model))
+
+
+@contextlib.contextmanager
+def _embeds_accepted(model):
+    """``generate(inputs_embeds=...)`` on models whose ``prepare_inputs_for_generation``
+    does not name ``inputs_embeds`` (Gemma 3 on transformers 5.17: generate refuses them,
+    though the base class it calls handles them): name it, on this instance, for the call."""
+    prepare = model.prepare_inputs_for_generation
+    if "inputs_embeds" in inspect.signature(prepare).parameters:
+        yield
+        return
+
+    def named(input_ids, inputs_embeds=None, **kwargs):
+        return prepare(input_ids, inputs_embeds=inputs_embeds, **kwargs)
+
+    model.prepare_inputs_for_generation = named
+    try:
+        yield
+    finally:
+        del model.prepare_inputs_for_generation
 
 
 def checked_variants(config: BenchConfig, model) -> list[Variant]:

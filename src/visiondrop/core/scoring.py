@@ -86,6 +86,7 @@ def visual_query_scores(
     scaling: float,
     key_mask: torch.Tensor,
     visual_columns: torch.Tensor,
+    per_visible_query: bool = False,
 ) -> torch.Tensor:
     """LLM stage: visual-to-visual attention (Eq. 4).
 
@@ -99,12 +100,19 @@ def visual_query_scores(
         keys: ``(S, Hk, L, d)`` post-RoPE keys of the segment's whole row.
         key_mask: bool ``(S, N, L)``, True where the visual query may attend.
         visual_columns: long ``(S, N)``, the sequence index of each visual token.
+        per_visible_query: average each key's attention over the visual queries that can
+            see it (beyond the paper). The paper's mean runs over all N queries, so under
+            a causal mask a token early in the image, seen by more queries, is favoured.
 
     Returns:
         ``(S, N)`` float32 scores.
     """
     probs = attention_probs(queries, keys, scaling, key_mask)
-    visual = probs.gather(2, visual_columns[:, None, :].expand(-1, probs.shape[1], -1))
+    index = visual_columns[:, None, :].expand(-1, probs.shape[1], -1)
+    visual = probs.gather(2, index)
+    if per_visible_query:
+        seen_by = key_mask.expand(-1, probs.shape[1], -1).gather(2, index).sum(dim=1)
+        return visual.sum(dim=1) / seen_by.clamp(min=1)
     return visual.mean(dim=1)
 
 

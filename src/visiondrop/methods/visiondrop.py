@@ -35,7 +35,7 @@ from . import register_method
 from .base import DecoderStage, EncoderStage, ModelGeometry, PruningMethod, Reduction, check_budget, check_positions
 
 ENCODER_SCORES = ("auto", "cls", "received")
-LLM_SCORES = ("visual", "text")
+LLM_SCORES = ("visual", "text", "visual-visible")
 
 
 @dataclass
@@ -61,8 +61,11 @@ class VisionDropConfig:
             and 3x for video understanding"); used instead of ``entry_factor``.
         encoder_stage: prune in the vision encoder (False: all tokens enter the LLM and
             only the LLM stages prune; Figure 6 ablation).
-        llm_scores: "visual" (paper: visual queries only) or "text" (the last
-            instruction token as the query, as FastV/PyramidDrop; Figure 6 ablation).
+        llm_scores: "visual" (paper: visual queries only), "text" (the last
+            instruction token as the query, as FastV/PyramidDrop; Figure 6 ablation), or
+            "visual-visible" (beyond the paper: visual queries, each key's attention
+            averaged over the queries that can see it rather than over all of them, so the
+            causal mask does not favour the image's first tokens).
     """
 
     budget: int | None = None
@@ -146,6 +149,7 @@ class VisionDrop(PruningMethod):
                                        stage.query_mask(last), stage.visual_columns)
         else:
             queries = stage.project_queries(stage.visual_columns)
-            scores = visual_query_scores(queries, stage.keys, stage.scaling, stage.key_mask, stage.visual_columns)
+            scores = visual_query_scores(queries, stage.keys, stage.scaling, stage.key_mask, stage.visual_columns,
+                                         per_visible_query=self.config.llm_scores == "visual-visible")
         dominant = select_dominant(scores, spec.dominant)
         return Reduction(dominant, contextual_merge(stage.hidden, stage.visual_keys(), dominant, spec.contextual))
