@@ -1,0 +1,371 @@
+"""Train shapes-llava-2 (issue 21) on ShapesVQA-2, the way LLaVA-1.5 and its parts were trained.
+
+1. ``vision``: the CLIP ViT learns from scratch, CLIP-style: its pooled [CLS] output against a
+   small text encoder's embedding of a caption of the same scene (symmetric InfoNCE over the
+   batch, learned temperature). No per-patch heads. The text encoder is thrown away.
+2. ``text``: the 32-layer Llama LM is pre-trained on text alone, next-token prediction on
+   every position: ``<s>``, the system prompt, the scene told in words (its captions), then
+   turns of questions and answers about it. Language layers and an attention sink can form
+   before any image is seen.
+3. ``align``: the projector alone learns image -> caption (LLaVA's stage 1), ViT and LM frozen.
+4. ``instruct``: projector and LM learn multi-turn chats ``<s> {system} USER: <image> q1
+   ASSISTANT: a1 </s> USER: q2 ...`` with the loss on the answers' tokens (LLaVA's stage 2); the
+   ViT stays frozen, read at layer -2 with [CLS] dropped.
+
+Each stage runs for a time budget (steps re-estimated from the measured speed, cosine
+schedule), so the whole run fits one device call; the held-out accuracy is measured at the
+end. The checkpoint is saved in float16, in shards small enough to come back from a device
+call (``--shard-mb``).
+
+    python scripts/train_shapes_llava2.py --out runs/shapes-llava-2
+    python scripts/train_shapes_llava2.py --out /tmp/smoke --smoke   # seconds, on CPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import multiprocessing as mp
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from visiondrop.data import shapes2
+from visiondrop.zoo.shapes_llava import EOS_ID, PAD_ID, pixel_values
+from visiondrop.zoo.shapes_llava2 import PROMPT, shapes2_processor, shapes2_tokenizer, shapes_llava2_config, word_list
+
+TOKEN_IDS = {w: i for i, w in enumerate(word_list())}
+CAPTION_TOKENS = 40
+SETS_PER_CHAT = 2  # question sets per chat: 14 turns
+_IMAGES: np.ndarray | None = None  # shared memmap the workers write scenes into
+
+
+def ids(text: str) -> list[int]:
+    return [TOKEN_IDS[w] for w in text.split()]
+
+
+HEAD = ids(PROMPT.split("<image>")[0])  # "<s> {system} USER:" before the image
+
+
+def chat(questions, rng) -> tuple[list[int], list[int]]:
+    """Tokens after the image for a chat over ``questions`` (shuffled) and, per token, 1 where
+    it is an answer token or the ``</s>`` that ends an answer (the loss's targets)."""
+    tokens, targets = [], []
+    for turn, k in enumerate(rng.permutation(len(questions))):
+        q = questions[int(k)]
+        asked = ([TOKEN_IDS["USER:"]] if turn else []) + ids(q.text) + [TOKEN_IDS["ASSISTANT:"]]
+        answered = ids(q.answer) + [EOS_ID]
+        tokens += asked + answered
+        targets += [0] * len(asked) + [1] * len(answered)
+    return tokens, targets
+
+
+def scene_arrays(task):
+    """Everything training needs from one scene (in workers; the image goes to the memmap)."""
+    seed, index = task
+    scene = shapes2.render_scene(seed, index)
+    _IMAGES[index] = scene.image
+    rng = np.random.default_rng([seed, index, 7])
+    captions = [ids(c)[:CAPTION_TOKENS] for c in scene.captions()]
+    sets = [scene.questions] + [shapes2.ask(rng, scene) for _ in range(2 * SETS_PER_CHAT - 1)]
+    chats = [chat([q for qs in sets[c * SETS_PER_CHAT:(c + 1) * SETS_PER_CHAT] for q in qs], rng) for c in range(2)]
+    told = [t for c in scene.captions()[1:] for t in ids(c)]
+    document = HEAD[:-1] + told + [TOKEN_IDS["USER:"]] + chats[0][0]  # the scene in words, then a chat
+    return captions, chats, document
+
+
+def padded(rows: list[list[int]], width: int | None = None, fill: int = PAD_ID) -> np.ndarray:
+    width = width or max(map(len, rows))
+    out = np.full((len(rows), width), fill, dtype=np.int64)
+    for i, row in enumerate(rows):
+        out[i, :min(width, len(row))] = row[:width]
+    return out
+
+
+def build_data(seed: int, count: int, workers: int, scratch: Path) -> dict:
+    global _IMAGES
+    shape = (count, shapes2.IMAGE_SIZE, shapes2.IMAGE_SIZE, 3)
+    _IMAGES = np.lib.format.open_memmap(scratch / "images.npy", mode="w+", dtype=np.uint8, shape=shape)
+    tasks = [(seed, i) for i in range(count)]
+    with mp.get_context("fork").Pool(workers) as pool:
+        results = list(pool.imap(scene_arrays, tasks, chunksize=64) if workers > 1 else map(scene_arrays, tasks))
+    _IMAGES.flush()
+    captions = [r[0] for r in results]
+    per_scene = max(map(len, captions))
+    caption_ids = np.stack([padded(c + [[]] * (per_scene - len(c)), CAPTION_TOKENS) for c in captions])
+    caption_counts = np.array([len(c) for c in captions])
+    chats = [c for r in results for c in r[1]]
+    return {"images": np.asarray(_IMAGES), "captions": caption_ids, "caption_counts": caption_counts,
+            "chat_tokens": padded([c[0] for c in chats]), "chat_targets": padded([c[1] for c in chats], fill=0),
+            "documents": padded([r[2] for r in results])}
+
+
+class CaptionEncoder(nn.Module):
+    """The small text tower CLIP-style training pairs the ViT with (thrown away after)."""
+
+    def __init__(self, vocab: int, width: int, out: int, layers: int = 2) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(vocab, width, padding_idx=PAD_ID)
+        self.position = nn.Parameter(torch.randn(CAPTION_TOKENS, width) * 0.02)
+        layer = nn.TransformerEncoderLayer(width, 4, 4 * width, dropout=0.0, batch_first=True, norm_first=True)
+        self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(width)
+        self.project = nn.Linear(width, out, bias=False)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        real = tokens != PAD_ID
+        x = self.encoder(self.embed(tokens) + self.position, src_key_padding_mask=~real)
+        pooled = (self.norm(x) * real[..., None]).sum(1) / real.sum(1, keepdim=True).clamp(min=1)
+        return self.project(pooled)
+
+
+def lr_at(step: int, total: int, peak: float, warmup: int) -> float:
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    return peak * 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
+
+
+def timed_loop(name, budget_s, max_steps, step_fn, optimizer, peak_lr, warmup, log, skip=10, every=50):
+    """``step_fn(step)`` for about ``budget_s`` seconds under warmup + cosine; the step count is
+    re-estimated from the measured speed, so the schedule ends on time on any GPU."""
+    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
+    total, step, start, mark = max_steps, 0, time.time(), None
+    while step < total:
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(step, total, peak_lr * group.get("scale", 1.0), min(warmup, total // 10 + 1))
+        metrics = step_fn(step)
+        step += 1
+        if step == skip:
+            sync()
+            mark = time.time()
+        elif mark is not None and step % every == 0:
+            sync()
+            per_step = (time.time() - mark) / (step - skip)
+            total = max(step + 1, min(max_steps, step + int((budget_s - (time.time() - start)) / per_step)))
+        if step % 250 == 0 or step == total:
+            entry = {"stage": name, "step": step, "of": total, "seconds": round(time.time() - start, 1),
+                     **{k: round(float(v), 4) for k, v in metrics.items()}}
+            log.append(entry)
+            print(json.dumps(entry), flush=True)
+    return {"steps": step, "seconds": round(time.time() - start, 1)}
+
+
+def sincos_position_embedding(side: int, width: int, scale: float = 0.2) -> torch.Tensor:
+    """2-D sine-cosine table for [CLS] + patches: the initial value of CLIP's learned one
+    (training from scratch in minutes needs the grid layout from the start)."""
+    quarter = width // 4
+    omega = 1.0 / (10000 ** (torch.arange(quarter, dtype=torch.float64) / quarter))
+    grid = torch.arange(side, dtype=torch.float64)
+    ys, xs = torch.meshgrid(grid, grid, indexing="ij")
+    table = torch.cat([f(c.flatten()[:, None] * omega[None]) for c in (xs, ys) for f in (torch.sin, torch.cos)], 1)
+    return (scale * torch.cat([torch.zeros(1, table.shape[1], dtype=table.dtype), table])).float()
+
+
+def train(args) -> dict:  # noqa: PLR0915 (the stages, read top to bottom)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    torch.manual_seed(args.seed)
+    amp = dict(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+    t0 = time.time()
+    data = build_data(args.seed, args.scenes, args.workers, Path(tempfile.mkdtemp(prefix="shapes-vqa2-")))
+    print(f"data: {args.scenes} scenes, {len(data['chat_tokens'])} chats in {time.time() - t0:.0f}s", flush=True)
+    log: list[dict] = []
+    stages: dict[str, dict] = {}
+
+    from transformers import LlavaForConditionalGeneration
+
+    model = LlavaForConditionalGeneration(shapes_llava2_config()).to(device)
+    vision, projector = model.model.vision_tower, model.model.multi_modal_projector
+    lm, lm_head = model.model.language_model, model.lm_head
+    with torch.no_grad():
+        table = vision.embeddings.position_embedding.weight
+        table.copy_(sincos_position_embedding(shapes2.IMAGE_SIZE // shapes2.PATCH_SIZE, table.shape[1]))
+    images = torch.from_numpy(data["images"]).to(device)
+    captions = torch.from_numpy(data["captions"]).to(device)
+    caption_counts = torch.from_numpy(data["caption_counts"]).to(device)
+
+    # 1. vision: CLIP-style contrastive
+    text_tower = CaptionEncoder(len(word_list()), 192, 128).to(device)
+    image_project = nn.Linear(vision.config.hidden_size, 128, bias=False).to(device)
+    log_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07), device=device))
+    params = [*vision.parameters(), *text_tower.parameters(), *image_project.parameters(), log_scale]
+    opt = torch.optim.AdamW(params, lr=args.vision_lr, weight_decay=0.05, betas=(0.9, 0.98))
+
+    def vision_step(step):
+        pick = torch.randint(len(images), (args.vision_batch,), device=device)
+        which = (torch.rand(len(pick), device=device) * caption_counts[pick]).long()
+        with torch.autocast(**amp):
+            image_embed = F.normalize(image_project(vision(pixel_values(images[pick])).pooler_output).float(), dim=-1)
+            text_embed = F.normalize(text_tower(captions[pick, which]).float(), dim=-1)
+        logits = image_embed @ text_embed.T * log_scale.clamp(max=math.log(100)).exp()
+        labels = torch.arange(len(pick), device=device)
+        loss = (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        return {"loss": loss.detach(), "acc": (logits.argmax(-1) == labels).float().mean()}
+
+    vision.train()
+    stages["vision"] = timed_loop("vision", args.vision_seconds, args.max_steps, vision_step, opt, args.vision_lr,
+                                  args.warmup, log)
+    vision.eval().requires_grad_(False)
+    text_tower = image_project = opt = None
+
+    # 2. text: the LM alone, every position
+    documents = torch.from_numpy(data["documents"]).to(device)
+    params = [*lm.parameters(), *lm_head.parameters()]
+    opt = torch.optim.AdamW(params, lr=args.lm_lr, weight_decay=0.0, betas=(0.9, 0.98))
+
+    def text_step(step):
+        tokens = documents[torch.randint(len(documents), (args.lm_batch,), device=device)]
+        with torch.autocast(**amp):
+            logits = lm_head(lm(input_ids=tokens[:, :-1]).last_hidden_state).float()
+        loss = F.cross_entropy(logits.flatten(0, 1), tokens[:, 1:].flatten(), ignore_index=PAD_ID)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        return {"loss": loss.detach()}
+
+    lm.train()
+    stages["text"] = timed_loop("text", args.text_seconds, args.max_steps, text_step, opt, args.lm_lr, args.warmup,
+                                log)
+    documents = opt = None
+
+    # ViT features once (frozen from here on): layer -2, [CLS] dropped
+    with torch.no_grad(), torch.autocast(**amp):
+        features = torch.cat([vision(pixel_values(images[i:i + 256]), output_hidden_states=True)
+                              .hidden_states[-2][:, 1:].to(torch.bfloat16 if device.type == "cuda" else torch.float32)
+                              for i in range(0, len(images), 256)])
+    images = None
+    head = torch.tensor(HEAD, device=device)
+    chat_tokens = torch.from_numpy(data["chat_tokens"]).to(device)
+    chat_targets = torch.from_numpy(data["chat_targets"]).to(device).bool()
+
+    def multimodal_step(opt, params, text, targets, scenes):
+        start = len(HEAD) + features.shape[1]
+        with torch.autocast(**amp):
+            embeds = torch.cat([lm.embed_tokens(head).expand(len(text), -1, -1),
+                                projector(features[scenes]).to(lm.embed_tokens.weight.dtype),
+                                lm.embed_tokens(text)], dim=1)
+            hidden = lm(inputs_embeds=embeds).last_hidden_state[:, start - 1:-1]  # predicts each text token
+            rows, cols = targets.nonzero(as_tuple=True)
+            logits = lm_head(hidden[rows, cols]).float()
+        loss = F.cross_entropy(logits, text[rows, cols])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        return {"loss": loss.detach(), "token_acc": (logits.argmax(-1) == text[rows, cols]).float().mean()}
+
+    # 3. align: the projector alone, image -> caption ("the image shows : {caption}")
+    opt = torch.optim.AdamW(projector.parameters(), lr=args.align_lr, weight_decay=0.0)
+    lead = ids("describe the image briefly . ASSISTANT:")
+
+    def align_step(step):
+        scenes = torch.randint(len(features), (args.lm_batch,), device=device)
+        which = (torch.rand(len(scenes), device=device) * caption_counts[scenes]).long()
+        caption = captions[scenes, which]
+        text = torch.cat([torch.tensor(lead, device=device).expand(len(scenes), -1), caption,
+                          torch.full((len(scenes), 1), PAD_ID, device=device)], 1)
+        ends = (caption != PAD_ID).sum(1) + len(lead)
+        text[torch.arange(len(scenes), device=device), ends] = EOS_ID
+        targets = torch.zeros_like(text, dtype=torch.bool)
+        targets[:, len(lead):] = (text[:, len(lead):] != PAD_ID)
+        return multimodal_step(opt, list(projector.parameters()), text, targets, scenes)
+
+    lm.eval()
+    stages["align"] = timed_loop("align", args.align_seconds, args.max_steps, align_step, opt, args.align_lr,
+                                 args.warmup, log)
+
+    # 4. instruct: projector + LM on chats, loss on the answers
+    params = [*projector.parameters(), *lm.parameters(), *lm_head.parameters()]
+    opt = torch.optim.AdamW(params, lr=args.lm_lr, weight_decay=0.0, betas=(0.9, 0.98))
+
+    def instruct_step(step):
+        pick = torch.randint(len(chat_tokens), (args.lm_batch,), device=device)
+        return multimodal_step(opt, params, chat_tokens[pick], chat_targets[pick], pick // 2)
+
+    lm.train()
+    stages["instruct"] = timed_loop("instruct", args.instruct_seconds, args.max_steps, instruct_step, opt,
+                                    args.lm_lr, args.warmup, log)
+    model.eval()
+    features = None
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    model.generation_config.pad_token_id = PAD_ID
+    model.generation_config.eos_token_id = EOS_ID
+    model.to(torch.float16).save_pretrained(out, max_shard_size=f"{args.shard_mb}MB")
+    shapes2_processor().save_pretrained(out)
+    model.to(torch.float32)
+
+    from visiondrop.eval.vqa2 import accuracy_by_kind, answer, items_of
+
+    items = items_of(shapes2.heldout(args.eval_scenes))
+    answers = answer(model, shapes2_tokenizer(), PROMPT, items, batch_size=64)
+    accuracy = accuracy_by_kind(items, answers)
+    print("held-out accuracy:", json.dumps({k: round(v, 4) for k, v in accuracy.items()}), flush=True)
+    summary = {
+        "command": "python " + " ".join(sys.argv), "date": time.strftime("%Y-%m-%d"),
+        "device": torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or "cpu",
+        "versions": {"torch": torch.__version__, "transformers": __import__("transformers").__version__,
+                     "python": platform.python_version(), "numpy": np.__version__},
+        "data": {"seed": args.seed, "train_scenes": args.scenes, "train_chats": int(len(chat_tokens)),
+                 "heldout_seed": shapes2.HELDOUT_SEED, "heldout_scenes": args.eval_scenes,
+                 "heldout_questions": len(items)},
+        "stages": {name: {**record, "batch": args.vision_batch if name == "vision" else args.lm_batch}
+                   for name, record in stages.items()},
+        "total_seconds": round(time.time() - t0, 1), "heldout_accuracy": accuracy,
+        "parameters": sum(p.numel() for p in model.parameters()), "log": log,
+    }
+    (out / "training_log.json").write_text(json.dumps(summary, indent=1) + "\n")
+    return summary
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", required=True, help="output checkpoint folder")
+    parser.add_argument("--seed", type=int, default=shapes2.TRAIN_SEED)
+    parser.add_argument("--scenes", type=int, default=40_000, help="training scenes (two 14-turn chats each)")
+    parser.add_argument("--workers", type=int, default=max(1, (mp.cpu_count() or 2) - 1))
+    parser.add_argument("--vision-seconds", type=float, default=150.0)
+    parser.add_argument("--text-seconds", type=float, default=90.0)
+    parser.add_argument("--align-seconds", type=float, default=30.0)
+    parser.add_argument("--instruct-seconds", type=float, default=210.0)
+    parser.add_argument("--max-steps", type=int, default=100_000)
+    parser.add_argument("--vision-batch", type=int, default=256)
+    parser.add_argument("--lm-batch", type=int, default=48)
+    parser.add_argument("--vision-lr", type=float, default=1e-3)
+    parser.add_argument("--lm-lr", type=float, default=6e-4)
+    parser.add_argument("--align-lr", type=float, default=1e-3)
+    parser.add_argument("--warmup", type=int, default=200)
+    parser.add_argument("--eval-scenes", type=int, default=shapes2.HELDOUT_SCENES)
+    parser.add_argument("--shard-mb", type=int, default=15, help="checkpoint shard size (a device call returns "
+                                                                 "files of at most 16 MiB)")
+    parser.add_argument("--smoke", action="store_true", help="a seconds-long CPU run that checks the script")
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.scenes, args.workers, args.max_steps = 6, 1, 2
+        args.vision_batch = args.lm_batch = 2
+        args.eval_scenes, args.warmup = 1, 1
+    for name in ("scenes", "workers", "max_steps", "vision_batch", "lm_batch", "eval_scenes", "shard_mb"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be >= 1")
+    if args.eval_scenes > shapes2.HELDOUT_SCENES:
+        parser.error(f"--eval-scenes must be <= {shapes2.HELDOUT_SCENES} (the held-out set)")
+    summary = train(args)
+    print(f"done in {summary['total_seconds']:.0f}s -> {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

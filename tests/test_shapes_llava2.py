@@ -1,0 +1,85 @@
+"""shapes-llava-2's pieces at smoke size (issue 21): the training script end to end (seconds,
+CPU), the model and processor it saves, answering ShapesVQA-2 (multi-token answers, exact
+match), and the proxy-gates script on the shipped shapes-llava."""
+
+from __future__ import annotations
+
+import json
+import runpy
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from visiondrop.data import shapes2
+from visiondrop.eval import vqa2
+
+SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+
+
+def run_script(name: str, *argv: str) -> None:
+    old = sys.argv
+    sys.argv = [str(SCRIPTS / name), *argv]
+    try:
+        with pytest.raises(SystemExit) as done:
+            runpy.run_path(str(SCRIPTS / name), run_name="__main__")
+        assert done.value.code == 0
+    finally:
+        sys.argv = old
+
+
+@pytest.fixture(scope="module")
+def smoke_model(tmp_path_factory):
+    out = tmp_path_factory.mktemp("shapes-llava-2")
+    run_script("train_shapes_llava2.py", "--out", str(out), "--smoke")
+    return out
+
+
+def test_training_script_saves_a_loadable_checkpoint_in_small_shards(smoke_model):
+    from visiondrop.zoo.shapes_llava2 import load_shapes_llava2
+
+    shards = sorted(smoke_model.glob("model-*.safetensors"))
+    assert len(shards) >= 3 and all(p.stat().st_size <= 16 * 2**20 for p in shards)  # a device call returns them
+    model, processor = load_shapes_llava2(smoke_model)
+    assert len(model.model.language_model.layers) == 32
+    assert model.config.vision_feature_layer == -2 and model.config.vision_feature_select_strategy == "default"
+    log = json.loads((smoke_model / "training_log.json").read_text())
+    assert list(log["stages"]) == ["vision", "text", "align", "instruct"]
+    assert [e["stage"] for e in log["log"]] == ["vision", "text", "align", "instruct"]
+    assert set(log["heldout_accuracy"]) == {*shapes2.KINDS, "overall"}
+    assert processor.tokenizer("<s> a chat")["input_ids"][0] == processor.tokenizer.convert_tokens_to_ids("<s>")
+
+
+def test_prompt_starts_with_bos_and_the_system_prompt():
+    from visiondrop.zoo.shapes_llava2 import PROMPT, shapes2_tokenizer
+
+    tokens = shapes2_tokenizer().tokenize(PROMPT.format(question="how many rings are there ?"))
+    assert tokens[0] == "<s>" and tokens[1:34] == shapes2.SYSTEM_PROMPT.split()
+    assert "<unk>" not in tokens and tokens[-1] == "ASSISTANT:"
+
+
+def test_answers_are_whole_multi_token_strings(smoke_model):
+    from visiondrop.zoo.shapes_llava2 import PROMPT, load_shapes_llava2
+
+    model, processor = load_shapes_llava2(smoke_model)
+    items = vqa2.items_of(shapes2.heldout(1))
+    answers = vqa2.answer(model, processor.tokenizer, PROMPT, items[:3], batch_size=2)
+    assert len(answers) == 3 and all(isinstance(a, str) for a in answers)
+    caption = next(i for i in items if i.question.kind == "caption")
+    assert len(caption.question.answer.split()) > 3
+    right = [i.question.answer for i in items]
+    assert vqa2.accuracy_by_kind(items, right)["overall"] == 1.0
+    cut = [a.rsplit(" ", 1)[0] if len(a.split()) > 1 else "nope" for a in right]  # one token short: wrong
+    assert vqa2.accuracy_by_kind(items, cut)["overall"] == 0.0
+
+
+def test_gates_script_reports_every_gate_on_shapes_llava(tmp_path):
+    run_script("proxy_gates.py", "--proxy", "1", "--questions", "12", "--prompts", "2", "--device", "cpu",
+               "--out", str(tmp_path))
+    result = json.loads((tmp_path / "gates-shapes-llava.json").read_text())
+    assert sorted(result["gates"]) == ["1", "2", "3", "4", "5", "6"]
+    assert all(isinstance(g["passed"], bool) for g in result["gates"].values())
+    assert len(result["gates"]["1"]["image_share"]) == 8  # one per LM layer
+    table = (tmp_path / "gates-shapes-llava.md").read_text()
+    assert table.count("\n| ") == 7  # header + six gates
