@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 from visiondrop.data import shapes2
 from visiondrop.eval import vqa2
