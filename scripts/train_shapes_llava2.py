@@ -10,7 +10,9 @@
 3. ``align``: the projector alone learns image -> caption (LLaVA's stage 1), ViT and LM frozen.
 4. ``instruct``: projector and LM learn multi-turn chats ``<s> {system} USER: <image> q1
    ASSISTANT: a1 </s> USER: q2 ...`` with the loss on the answers' tokens (LLaVA's stage 2); the
-   ViT stays frozen, read at layer -2 with [CLS] dropped.
+   ViT, read at layer -2 with [CLS] dropped, stays frozen as in LLaVA-1.5, or learns on at a tenth
+   of the LM's rate with ``--tune-tower`` (minutes of contrastive training give a weaker tower
+   than CLIP's).
 
 Each stage runs for a time budget (steps re-estimated from the measured speed, cosine
 schedule), so the whole run fits one device call; the held-out accuracy is measured at the
@@ -240,21 +242,33 @@ def train(args) -> dict:  # noqa: PLR0915 (the stages, read top to bottom)
                                 log)
     documents = opt = None
 
-    # ViT features once (frozen from here on): layer -2, [CLS] dropped
-    with torch.no_grad(), torch.autocast(**amp):
-        features = torch.cat([vision(pixel_values(images[i:i + 256]), output_hidden_states=True)
-                              .hidden_states[-2][:, 1:].to(torch.bfloat16 if device.type == "cuda" else torch.float32)
-                              for i in range(0, len(images), 256)])
-    images = None
+    def read_tower(batch_images):  # what LLaVA reads: layer -2, [CLS] dropped
+        return vision(pixel_values(batch_images), output_hidden_states=True).hidden_states[-2][:, 1:]
+
+    if args.tune_tower:  # the tower learns on in instruct: features per step
+        features = None
+    else:  # frozen from here on: features once
+        with torch.no_grad(), torch.autocast(**amp):
+            features = torch.cat([read_tower(images[i:i + 256]).to(torch.bfloat16 if device.type == "cuda"
+                                                                    else torch.float32)
+                                  for i in range(0, len(images), 256)])
+        images = None
+
+    def scene_features(scenes):
+        if features is not None:
+            return features[scenes]
+        with torch.set_grad_enabled(vision.training):
+            return read_tower(images[scenes])
     head = torch.tensor(HEAD, device=device)
     chat_tokens = torch.from_numpy(data["chat_tokens"]).to(device)
     chat_targets = torch.from_numpy(data["chat_targets"]).to(device).bool()
 
     def multimodal_step(opt, params, text, targets, scenes):
-        start = len(HEAD) + features.shape[1]
         with torch.autocast(**amp):
+            visual = scene_features(scenes)
+            start = len(HEAD) + visual.shape[1]
             embeds = torch.cat([lm.embed_tokens(head).expand(len(text), -1, -1),
-                                projector(features[scenes]).to(lm.embed_tokens.weight.dtype),
+                                projector(visual).to(lm.embed_tokens.weight.dtype),
                                 lm.embed_tokens(text)], dim=1)
             hidden = lm(inputs_embeds=embeds).last_hidden_state[:, start - 1:-1]  # predicts each text token
             rows, cols = targets.nonzero(as_tuple=True)
@@ -271,7 +285,7 @@ def train(args) -> dict:  # noqa: PLR0915 (the stages, read top to bottom)
     lead = ids("describe the image briefly . ASSISTANT:")
 
     def align_step(step):
-        scenes = torch.randint(len(features), (args.lm_batch,), device=device)
+        scenes = torch.randint(args.scenes, (args.lm_batch,), device=device)
         which = (torch.rand(len(scenes), device=device) * caption_counts[scenes]).long()
         caption = captions[scenes, which]
         text = torch.cat([torch.tensor(lead, device=device).expand(len(scenes), -1), caption,
@@ -288,7 +302,12 @@ def train(args) -> dict:  # noqa: PLR0915 (the stages, read top to bottom)
 
     # 4. instruct: projector + LM on chats, loss on the answers
     params = [*projector.parameters(), *lm.parameters(), *lm_head.parameters()]
-    opt = torch.optim.AdamW(params, lr=args.lm_lr, weight_decay=0.0, betas=(0.9, 0.98))
+    groups = [{"params": params}]
+    if args.tune_tower:
+        vision.train().requires_grad_(True)
+        groups.append({"params": list(vision.parameters()), "scale": args.tower_lr_scale})
+        params = params + groups[1]["params"]
+    opt = torch.optim.AdamW(groups, lr=args.lm_lr, weight_decay=0.0, betas=(0.9, 0.98))
 
     def instruct_step(step):
         pick = torch.randint(len(chat_tokens), (args.lm_batch,), device=device)
@@ -298,7 +317,7 @@ def train(args) -> dict:  # noqa: PLR0915 (the stages, read top to bottom)
     stages["instruct"] = timed_loop("instruct", args.instruct_seconds, args.max_steps, instruct_step, opt,
                                     args.lm_lr, args.warmup, log)
     model.eval()
-    features = None
+    features = images = None
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -348,6 +367,10 @@ def main(argv=None) -> int:
     parser.add_argument("--lm-lr", type=float, default=6e-4)
     parser.add_argument("--align-lr", type=float, default=1e-3)
     parser.add_argument("--warmup", type=int, default=200)
+    parser.add_argument("--tune-tower", action="store_true",
+                        help="the ViT learns on during instruct (LLaVA-1.5 keeps it frozen; later LLaVAs tune it)")
+    parser.add_argument("--tower-lr-scale", type=float, default=0.1,
+                        help="the ViT's share of --lm-lr with --tune-tower")
     parser.add_argument("--eval-scenes", type=int, default=shapes2.HELDOUT_SCENES)
     parser.add_argument("--shard-mb", type=int, default=15, help="checkpoint shard size (a device call returns "
                                                                  "files of at most 16 MiB)")
