@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from .core.layout import frozen_plans
+from .models.decoder import cache_keyword, returned_cache
 from .models.graphs import PlaceholderMask
 
 _HANDLE_ATTR = "_visiondrop_handle"  # api.py's attribute: the handle active on a model
@@ -121,7 +122,7 @@ class CapturedPrefill:
         advance the pruner's session, but a replay reruns no Python."""
         if not self.graph:
             return
-        self._cache_state = [dict(vars(layer)) for layer in self.output.past_key_values.layers]
+        self._cache_state = [dict(vars(layer)) for layer in returned_cache(self.output).layers]
         pruner = getattr(self.handle.adapter, "pruner", None) if self.handle else None
         self._session = dataclasses.replace(pruner.session) if pruner and pruner.session else None
         # the capture's report: its tensors are graph memory, so each replay refills it
@@ -151,12 +152,12 @@ class CapturedPrefill:
     @torch.no_grad()
     def __call__(self, input_ids: torch.Tensor, pixel_values: torch.Tensor, attention_mask=None):
         """The prefill of these inputs: a transformers output with ``logits``
-        ``(B, 1, V)`` (the last position) and ``past_key_values``, ready for decode
+        ``(B, 1, V)`` (the last position) and the cache, ready for decode
         steps through ``model(...)`` (the handle's decode path), until the next call."""
         self._check(input_ids, pixel_values, attention_mask)
         out = self.replay(input_ids, pixel_values)
         if self.graph:
-            for layer, state in zip(out.past_key_values.layers, self._cache_state):
+            for layer, state in zip(returned_cache(out).layers, self._cache_state):
                 vars(layer).update(state)
             if self._session is not None:
                 self.handle.adapter.pruner.session = dataclasses.replace(self._session)
@@ -188,10 +189,10 @@ class CapturedPrefill:
         tokens = [token]
         batch, length = self.static_ids.shape
         mask = torch.ones(batch, length, dtype=torch.long, device=self.device)
-        cache = out.past_key_values
+        cache = returned_cache(out)
         for _ in range(max_new_tokens - 1):
             mask = torch.cat([mask, mask.new_ones(batch, 1)], dim=1)
-            out = self.model(input_ids=token, attention_mask=mask, past_key_values=cache, use_cache=True,
+            out = self.model(input_ids=token, attention_mask=mask, **{cache_keyword(self.model): cache}, use_cache=True,
                              logits_to_keep=1)
             token = out.logits[:, -1].argmax(-1, keepdim=True)
             tokens.append(token)

@@ -20,7 +20,10 @@ def _budget(value: str) -> int | None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
     parser = argparse.ArgumentParser(prog="visiondrop", description="Training-free visual-token pruning for LVLMs.")
+    parser.add_argument("--version", action="version", version=f"visiondrop {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     gen = commands.add_parser("generate", help="answer a prompt about an image or a video, pruned")
@@ -128,30 +131,34 @@ def build_parser() -> argparse.ArgumentParser:
 
 def generate(args: argparse.Namespace) -> int:
     import torch
-    from transformers import AutoConfig, AutoModelForImageTextToText
 
     import visiondrop
 
     from . import inputs
 
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = {"auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[args.dtype]
-    try:
+    try:  # every check that needs no model first, then the model
         if args.image is None and args.video is None:
             raise inputs.InputError("--image/--video", "give an image, a video, or both")
         if args.frames is not None and args.frames < 1:
             raise inputs.InputError("--frames", f"must be >= 1, got {args.frames}")
+        if args.max_new_tokens < 1:
+            raise inputs.InputError("--max-new-tokens", f"must be >= 1, got {args.max_new_tokens}")
+        device = inputs.check_device(args.device)
+        inputs.check_attention(args.attn)
+        if args.method not in visiondrop.available_methods():
+            raise inputs.InputError("--method", f"unknown {args.method!r}; available: "
+                                                f"{', '.join(sorted(visiondrop.available_methods()))}")
         image = None if args.image is None else inputs.load_image(args.image)
-        config = AutoConfig.from_pretrained(args.model)
+        if args.video is not None:
+            inputs.load_frames(args.video, args.frames or 1)  # the file is readable (sampled again below)
+        model, processor = inputs.load_model(args.model, device, dtype, args.attn)
         video = None
         if args.video is not None:
-            video = inputs.load_frames(args.video, inputs.check_frames(config, args.frames))
-        processor = inputs.load_processor(args.model, config)
+            video = inputs.load_frames(args.video, inputs.check_frames(model.config, args.frames))
     except inputs.InputError as error:
         print(f"visiondrop: {error}", file=sys.stderr)
         return 2
-    model = AutoModelForImageTextToText.from_pretrained(args.model, dtype=dtype, attn_implementation=args.attn)
-    model.to(device).eval()
 
     handle = None
     if args.budget is not None:
@@ -197,6 +204,9 @@ def flops(args: argparse.Namespace) -> int:
         for row in fl.table4_rows():
             print(f"| {row['config']} | {row['method']} | {row['budget'] or '-'} | {row['paper_tflops']:.2f} | "
                   f"{row['tflops']:.2f} | {row['gap']:+.1%} |")
+        print(f"\nllava-next-7b visiondrop 320 counts the image's {fl.TABLE4_NEXT_NEWLINES} newline tokens in every "
+              "layer, as the paper's figure does; our layout drops them (the release's), which "
+              "`visiondrop flops --config llava-next-7b --budget 320` counts. Conventions: docs/benchmarks/flops.md.")
         return 0
     try:
         if args.text_tokens < 0:

@@ -29,6 +29,54 @@ class InputError(ValueError):
         self.parameter = parameter
 
 
+#: attention backends ``--attn`` takes (transformers' names)
+ATTENTION_BACKENDS = ("sdpa", "eager", "flash_attention_2", "flash_attention_3", "flex_attention")
+
+
+def check_device(device: str | None) -> str:
+    """``--device`` as a device string (default: cuda if available), or InputError: an
+    unknown device, or CUDA asked for where this torch has none."""
+    import torch
+
+    try:
+        chosen = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    except RuntimeError as error:
+        raise InputError("--device", f"{device!r} is not a device ({str(error).splitlines()[0]})") from None
+    if chosen.type == "cuda" and not torch.cuda.is_available():
+        raise InputError("--device", f"{device!r} asked for, but CUDA is not available")
+    return str(chosen)
+
+
+def check_attention(attn: str) -> str:
+    if attn not in ATTENTION_BACKENDS:
+        raise InputError("--attn", f"expected one of {', '.join(ATTENTION_BACKENDS)}, got {attn!r}")
+    return attn
+
+
+def looks_local(path: str) -> bool:
+    """A path the user means on this machine (not a hub id ``org/name``)."""
+    return path.startswith((".", "/", "~")) or "\\" in path or path.count("/") > 1 or Path(path).exists()
+
+
+def load_config(path: str):
+    """``AutoConfig`` of ``--model``; a missing folder, a folder without ``config.json`` or a
+    hub id that cannot be fetched is an InputError naming ``--model``, in one line."""
+    from transformers import AutoConfig
+
+    if looks_local(path):
+        folder = Path(path).expanduser()
+        if not folder.exists():
+            raise InputError("--model", f"no such folder {path!r}")
+        if folder.is_dir() and not (folder / "config.json").is_file():
+            raise InputError("--model", f"{path!r} has no config.json (a checkpoint folder holds config.json and "
+                                        "its weights)")
+    try:
+        return AutoConfig.from_pretrained(path)
+    except (OSError, ValueError) as error:
+        where = "" if looks_local(path) else " (not a local folder, and not found on the hub)"
+        raise InputError("--model", f"cannot load {path!r}{where}: {str(error).strip().splitlines()[0]}") from None
+
+
 def load_image(path: str):
     from PIL import Image
 
@@ -179,12 +227,12 @@ def load_model(path: str | None, device: str, dtype="auto", attn: str = "sdpa"):
                                      attn_implementation=attn)
         except FileNotFoundError as error:
             raise InputError("--model", str(error)) from None
-    from transformers import AutoConfig, AutoModelForImageTextToText
+    from transformers import AutoModelForImageTextToText
 
-    try:
-        config = AutoConfig.from_pretrained(path)
-    except (OSError, ValueError) as error:
-        raise InputError("--model", f"cannot load {path!r}: {error}") from None
+    config = load_config(path)
     processor = load_processor(path, config)
-    model = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype, attn_implementation=attn)
+    try:
+        model = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype, attn_implementation=attn)
+    except ValueError as error:  # not an image-text model, or an attention backend it lacks
+        raise InputError("--model", f"cannot load {path!r}: {str(error).strip().splitlines()[0]}") from None
     return model.to(device).eval(), processor

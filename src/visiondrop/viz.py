@@ -11,11 +11,13 @@ come from :class:`~visiondrop.report.SegmentRecord` (row-major over the grid,
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image, ImageDraw
 
-from .report import PruningReport, SegmentRecord
+if TYPE_CHECKING:  # annotations only: drawing needs no torch
+    from .report import PruningReport, SegmentRecord
 
 _PALETTE = np.array([(230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48), (145, 30, 180),
                      (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212), (0, 128, 128),

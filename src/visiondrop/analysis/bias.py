@@ -50,6 +50,7 @@ Result (``format`` ``"visiondrop-bias"``, ``version`` 1)::
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import json
 import math
@@ -58,8 +59,10 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 FORMAT = "visiondrop-bias"
 VERSION = 1
@@ -69,6 +72,19 @@ DEFAULT_METHODS = ("visiondrop", "fastv", "pdrop", "pdrop-visual", "sparsevlm", 
 TEXT_GUIDED = frozenset({"fastv", "pdrop", "sparsevlm"})
 JSON_NAME, MARKDOWN_NAME, PLOT_NAME = "bias.json", "bias.md", "bias.png"
 PARTS = ("input", "dominant", "contextual")
+
+
+def _inference_mode(function):
+    """``torch.inference_mode()`` as a decorator that imports torch only when called (the
+    command line's parser imports this module)."""
+    @functools.wraps(function)
+    def wrapper(*args, **kwargs):
+        import torch
+
+        with torch.inference_mode():
+            return function(*args, **kwargs)
+
+    return wrapper
 
 
 class BiasConfigError(ValueError):
@@ -107,6 +123,7 @@ def position_stats(kept_patches: Sequence[int] | torch.Tensor, grid_rows: int, g
     size; 0 = the visual sequence's last token), ``row_histogram`` the share of the kept
     tokens in each row. With nothing kept the means are None and the histogram all 0.
     """
+    import torch
     length = _check_grid(grid_rows, grid_cols, sequence_length)
     ids = torch.as_tensor(kept_patches, dtype=torch.long).reshape(-1)
     ids = ids[ids >= 0]
@@ -173,6 +190,7 @@ def uniform_reference(grid_rows: int, grid_cols: int, sequence_length: int | Non
 
 def _pooled(per_sample: list[torch.Tensor], rows: int, cols: int, length: int) -> dict:
     """position_stats of all samples' ids together, plus how the per-sample mean rows spread."""
+    import torch
     stats = position_stats(torch.cat(per_sample) if per_sample else [], rows, cols, length)
     means = [s["mean_row"] for s in (position_stats(ids, rows, cols, length) for ids in per_sample)
              if s["mean_row"] is not None]
@@ -326,7 +344,7 @@ def _collect(report, start: int, keys: list[str], store: dict) -> None:
             entry["ids"]["contextual"].append(segment.output_patches[segment.dominant.numel():].cpu())
 
 
-@torch.inference_mode()
+@_inference_mode
 def measure_bias(model, processor, samples=None, methods: Sequence[str] | str = DEFAULT_METHODS, budget: int = 64,
                  *, batch_size: int = 8, template: str = "plain", limit: int | None = None,
                  model_name: str = "shapes-llava", dataset: str = "shapes", command: str = "",
@@ -423,6 +441,7 @@ def measure_bias(model, processor, samples=None, methods: Sequence[str] | str = 
 
 
 def _versions() -> dict[str, str]:
+    import torch
     import transformers
 
     import visiondrop
@@ -606,6 +625,8 @@ def _positive(option: str, value: str) -> int:
 
 def _options(args: argparse.Namespace) -> dict:
     """The arguments checked without loading anything: raises BiasConfigError naming the option."""
+    import torch
+
     import visiondrop
 
     from ..eval.datasets import DATASETS

@@ -32,12 +32,15 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from ..report import PruningReport, SegmentRecord, StageRecord
 from ..viz import _PALETTE as PALETTE
+
+if TYPE_CHECKING:  # annotations only: the command line's parser imports this module
+    from ..report import PruningReport, SegmentRecord, StageRecord
 
 DARK = 0.25  # brightness of patches no token carries after the stage (as viz.stage_panel)
 TINT = 0.55  # share of a contextual token's colour on the patches merged into it
@@ -475,7 +478,7 @@ def main(args: argparse.Namespace) -> int:
     try:
         names = _check_arguments(args)
         media = [(Path(p).stem or "image", inputs.load_image(p)) for p in args.image or ()]
-        device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        device = inputs.check_device(args.device)
         dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[args.dtype]
         model, processor = inputs.load_model(args.model, device, dtype)
         if args.video is not None:

@@ -183,7 +183,18 @@ def meta_model(name: str):
 
     from ..model_configs import CONFIGS
 
-    config = CONFIGS[name]() if name in CONFIGS else AutoConfig.from_pretrained(name)
+    if name in CONFIGS:
+        config = CONFIGS[name]()
+    else:
+        from ..inputs import looks_local
+
+        built_in = f"built-in configurations: {', '.join(CONFIGS)}"
+        if not looks_local(name) and "/" not in name:  # not a folder, not a hub id (org/name)
+            raise ValueError(f"{name!r} is not one of the {built_in}; or give a checkpoint folder or hub id")
+        try:
+            config = AutoConfig.from_pretrained(name)
+        except (OSError, ValueError) as error:
+            raise ValueError(f"cannot load {name!r} ({str(error).strip().splitlines()[0]}); {built_in}") from None
     with torch.device("meta"):
         return AutoModelForImageTextToText.from_config(config)
 

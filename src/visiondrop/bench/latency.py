@@ -34,6 +34,7 @@ import torch
 
 from ..api import apply
 from ..models import adapter_for
+from ..models.decoder import cache_keyword, returned_cache
 
 
 @dataclass
@@ -96,6 +97,14 @@ def build_model(name: str, dtype: str, device: str, attn: str, seed: int = 0):
     from ..model_configs import CONFIGS
 
     torch_dtype = getattr(torch, dtype)
+    if name in CONFIGS and torch.device(device).type == "cpu":
+        from .flops import meta_model
+
+        parameters = sum(p.numel() for p in meta_model(name).parameters())
+        need = parameters * torch.empty((), dtype=torch_dtype).element_size() / 2**30
+        raise ValueError(f"--config: {name} with random weights needs about {need:.1f} GiB ({parameters / 1e9:.2f} B "
+                         f"parameters in {dtype}) and runs for minutes a step on a CPU; the full-size "
+                         "configurations are for a GPU (--device cuda)")
     if name not in CONFIGS:
         model = AutoModelForImageTextToText.from_pretrained(name, dtype=torch_dtype, attn_implementation=attn)
         return model.to(device).eval()
@@ -394,7 +403,7 @@ def _machinery_share(variant, model, inputs, config, timed, repeats: int = 5) ->
 def _decode_ms(variant, model, inputs, steps: int, timed) -> float:
     """Mean milliseconds of one greedy decode step on the (pruned) cache of ``inputs``."""
     out = variant.prefill(model, inputs)
-    cache = out.past_key_values
+    cache = returned_cache(out)
     token = out.logits[:, -1:].argmax(-1)
     mask = inputs.get("attention_mask")
     is_ideal = isinstance(variant, IdealVariant)
@@ -405,12 +414,13 @@ def _decode_ms(variant, model, inputs, steps: int, timed) -> float:
         for _ in range(steps):
             if is_ideal:
                 position = torch.full_like(token, length)
-                step = model.model.language_model(inputs_embeds=model.model.get_input_embeddings()(token),
-                                                  past_key_values=cache, position_ids=position, use_cache=True)
+                lm = model.model.language_model
+                step = lm(inputs_embeds=model.model.get_input_embeddings()(token), **{cache_keyword(lm): cache},
+                          position_ids=position, use_cache=True)
                 token = model.lm_head(step.last_hidden_state).argmax(-1)
             else:
                 mask = torch.cat([mask, torch.ones_like(token)], dim=1)
-                step = model(input_ids=token, attention_mask=mask, past_key_values=cache, use_cache=True,
+                step = model(input_ids=token, attention_mask=mask, **{cache_keyword(model): cache}, use_cache=True,
                              position_ids=torch.full_like(token, length))
                 token = step.logits[:, -1:].argmax(-1)
             length += 1
@@ -424,7 +434,7 @@ def _memory(variant, model, inputs, device) -> dict[str, float]:
         torch.cuda.reset_peak_memory_stats(device)
         base = torch.cuda.memory_allocated(device)
     out = variant.prefill(model, inputs)
-    result = {"kv_cache_mib": cache_bytes(out.past_key_values) / 2**20}
+    result = {"kv_cache_mib": cache_bytes(returned_cache(out)) / 2**20}
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         result["peak_prefill_mib"] = (torch.cuda.max_memory_allocated(device) - base) / 2**20
@@ -479,8 +489,9 @@ def to_markdown(result: dict) -> str:
             speedup = value / full if higher else full / value
             cells.append(f"{value:.2f} ({speedup:.2f}x)" if name != "full" else f"{value:.2f}")
         memory = result["memory"].get(name, {})
-        cells.append(f"{memory.get('kv_cache_mib', float('nan')):.1f}")
-        cells.append(f"{memory.get('peak_prefill_mib', float('nan')):.0f}")
+        kv, peak = memory.get("kv_cache_mib"), memory.get("peak_prefill_mib")  # peak: CUDA only
+        cells.append("n/a" if kv is None else f"{kv:.1f}")
+        cells.append("n/a" if peak is None else f"{peak:.0f}")
         shares = result.get("machinery", {}).get(name, {})
         cells.extend(f"{shares[key]:.1%}" if key in shares else "-" for key in batches)
         lines.append("| " + " | ".join(cells) + " |")
@@ -533,6 +544,16 @@ def plot(result: dict, path, label=None, what: str = "") -> None:
     plt.close(fig)
 
 
+def model_label(name: str) -> str:
+    """A file-name part for ``--config``: a built-in name or hub id (``org/name`` ->
+    ``org_name``) as it is, a checkpoint folder by its last part."""
+    from pathlib import Path
+
+    from ..inputs import looks_local
+
+    return Path(name.rstrip("/\\")).name if looks_local(name) else name.replace("/", "_")
+
+
 def save(result: dict, out, prefix: str = "bench", markdown=None, picture=None) -> dict:
     """``<prefix>-<model>-b<budget>.{json,md,png}`` in ``out``; ``markdown`` and ``picture``
     default to this module's table and plot (``bench/captured.py`` passes its own)."""
@@ -541,7 +562,7 @@ def save(result: dict, out, prefix: str = "bench", markdown=None, picture=None) 
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    stem = f"{prefix}-{result['config']['model'].replace('/', '_')}-b{result['config']['budget']}"
+    stem = f"{prefix}-{model_label(result['config']['model'])}-b{result['config']['budget']}"
     paths = {"json": out / f"{stem}.json", "md": out / f"{stem}.md", "png": out / f"{stem}.png"}
     paths["json"].write_text(json.dumps(result, indent=1))
     paths["md"].write_text((markdown or to_markdown)(result) + "\n")

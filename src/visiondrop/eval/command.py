@@ -30,8 +30,9 @@ def add_parser(commands) -> None:
     run.add_argument("--method", default="visiondrop")
     run.add_argument("--budget", default="64", help="visual tokens averaged over LLM layers, or 'full'")
     run.add_argument("--option", action="append", metavar="KEY=VALUE", help="method option, e.g. positions=keep")
-    run.add_argument("--out", required=True,
-                     help="predictions JSONL, one per shard; '{shard}' in the name becomes e.g. 0of2")
+    run.add_argument("--out", default=None,
+                     help="predictions JSONL, one per shard (required, except with --dataset list); '{shard}' in "
+                          "the name becomes e.g. 0of2")
     run.add_argument("--shard", default="0/1",
                      help="i/N: this process answers samples i, i+N, ... (default 0/1); 'auto': from the RANK and "
                           "WORLD_SIZE that torchrun and accelerate launch set, on GPU LOCAL_RANK")
@@ -80,20 +81,25 @@ def _run(args) -> int:
 
     import visiondrop
 
-    from ..inputs import load_model
+    from ..inputs import check_attention, check_device, load_model
     from .datasets import DATASETS, load_dataset
     from .harness import default_template, run
 
     if args.dataset == "list":
-        print("\n".join(sorted(DATASETS)))
+        from .datasets import describe
+
+        print("\n".join(describe(name) for name in sorted(DATASETS)))
         return 0
+    if not args.out:
+        raise ValueError("--out: required (the predictions file to write, JSON lines)")
     options = _method_options(args.method, _pairs(args.option, "--option"))
     shard, out, local = _shard_and_out(args.shard, args.out)
     dataset = load_dataset(args.dataset, **_pairs(args.data, "--data"))
     budget = None if args.budget == "full" else int(args.budget) if args.budget.isdigit() else None
     if budget is None and args.budget != "full":
         raise ValueError(f"--budget: an integer or 'full', got {args.budget!r}")
-    device = args.device or (f"cuda:{local}" if torch.cuda.is_available() else "cpu")
+    device = check_device(args.device or (f"cuda:{local}" if torch.cuda.is_available() else "cpu"))
+    check_attention(args.attn)
     dtype = {"auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[args.dtype]
     model, processor = load_model(args.model, device, dtype, args.attn)
     template = args.template or default_template(model)

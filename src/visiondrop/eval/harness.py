@@ -125,6 +125,8 @@ def _sidecar(path: Path) -> Path:
 
 def read_meta(path: str | Path) -> dict:
     side = _sidecar(Path(path))
+    if not Path(path).is_file():
+        raise ValueError(f"{path}: no such predictions file")
     if not side.is_file():
         raise ValueError(f"{path}: no {side.name} beside it; predictions files are written by `visiondrop eval run`")
     meta = _check_fields(str(side), _parse(str(side), side.read_bytes()), META_FIELDS)
@@ -212,7 +214,11 @@ def run(model, processor, dataset: Dataset, out: str | Path, shard: tuple[int, i
     done = {r["id"] for r in read_records(out)}
     truncate_partial_line(out)
     todo = [(position, sample) for position, sample in mine if sample.id not in done]
-    bar = tqdm(total=len(mine), initial=len(mine) - len(todo), desc=f"{dataset.name} {shard[0]}/{shard[1]}",
+    info = run_info or {}
+    what = (f"{info.get('method', 'full')}@{info['budget']}" if info.get("budget") is not None
+            else info.get("method") or "full")
+    where = f", shard {shard[0]}/{shard[1]}" if shard[1] > 1 else ""
+    bar = tqdm(total=len(mine), initial=len(mine) - len(todo), desc=f"{dataset.name} {what}{where}",
                disable=not progress, unit="q")
     with out.open("a", encoding="utf-8") as stream:
         for start in range(0, len(todo), batch_size):

@@ -48,6 +48,22 @@ def cache_argument(kwargs: dict):
     return kwargs.get("past_key_values") if cache is None else cache
 
 
+def returned_cache_name(output) -> str:
+    """The field a forward's output holds its cache in: ``cache`` from transformers 5.24 on
+    (whose ``past_key_values`` alias warns that it is deprecated), ``past_key_values`` before."""
+    return "cache" if "cache" in getattr(output, "__dataclass_fields__", ()) else "past_key_values"
+
+
+def returned_cache(output):
+    """The cache a forward returned, read under the name this transformers uses (no warning)."""
+    return getattr(output, returned_cache_name(output), None)
+
+
+def cache_keyword(module: nn.Module) -> str:
+    """The keyword ``module.forward`` takes its cache under (``cache`` from transformers 5.24)."""
+    return "cache" if "cache" in inspect.signature(module.forward).parameters else "past_key_values"
+
+
 def execution_device(module: nn.Module, fallback: torch.Tensor) -> torch.device:
     """Where ``module`` computes: accelerate's hook decides for a model split by a
     ``device_map`` (its weights may sit on "meta" or elsewhere), else its parameters."""
@@ -356,7 +372,7 @@ class DecoderPruner:
         session = self.session
         if session is not None:
             session.mask_source = None  # it holds the cache
-        cache = getattr(output, "past_key_values", None)
+        cache = returned_cache(output)
         if session is not None and not session.decoding and cache is not None:
             session.cache = weakref.ref(cache)  # a strong one would keep the cache alive
             self._pruned_caches.add(cache)

@@ -41,7 +41,7 @@ from torch import nn
 from transformers.cache_utils import DynamicCache
 
 from ..core.layout import frozen_plans
-from .decoder import cache_argument
+from .decoder import cache_argument, returned_cache_name
 from .guards import InstanceAttribute
 
 #: model classes whose prefill can be captured (their adapters plan on the host only)
@@ -133,10 +133,8 @@ def structural_copy(value):
 
 
 def _output_cache_name(output) -> str | None:
-    for name in _CACHE_NAMES:
-        if getattr(output, name, None) is not None:
-            return name
-    return None
+    name = returned_cache_name(output)
+    return name if getattr(output, name, None) is not None else None
 
 
 class PrefillGraph:

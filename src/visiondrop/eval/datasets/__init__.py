@@ -45,7 +45,7 @@ DATASETS: dict[str, type[Dataset]] = {cls.name: cls for cls in (
 __all__ = ["DATASETS", "DataFormatError", "GQADataset", "LlavaQuestionsDataset", "MMBenchCNDataset",
            "MMBenchDataset", "MMEDataset", "MSRVTTQADataset", "MSVDQADataset", "PopeDataset", "ScienceQADataset",
            "ShapesDataset", "TGIFQADataset", "TextVQADataset", "VQAv2Dataset", "VideoQADataset", "VizWizDataset",
-           "load_dataset", "rotate"]
+           "describe", "load_dataset", "rotate"]
 
 
 def load_dataset(name: str, **paths) -> Dataset:
@@ -67,3 +67,14 @@ def load_dataset(name: str, **paths) -> Dataset:
         raise ValueError(f"{missing[0]}: dataset {name!r} needs {', '.join(missing)} "
                          f"(e.g. {' '.join(f'--data {key}=PATH' for key in missing)})")
     return cls(**paths)
+
+
+def describe(name: str) -> str:
+    """One line for ``visiondrop eval run --dataset list``: the reader's first docstring
+    sentence and the ``--data`` keys it takes (required ones first, optional in brackets)."""
+    cls = DATASETS[name]
+    doc = " ".join((cls.__doc__ or "").replace("``", "").split())
+    summary = doc.split(". ")[0].rstrip(".") if doc else ""
+    parameters = [p for key, p in inspect.signature(cls.__init__).parameters.items() if key != "self"]
+    keys = [p.name if p.default is inspect.Parameter.empty else f"[{p.name}]" for p in parameters]
+    return f"{name}: {summary}; --data {' '.join(f'{k}=...' for k in keys) or '(none)'}"
