@@ -9,7 +9,7 @@ from PIL import Image
 
 from visiondrop.cli import main
 from visiondrop.report import SegmentRecord
-from visiondrop.viz import stage_panel
+from visiondrop.viz import TINT, stage_panel
 
 
 def test_stage_panel_marks_kept_merged_and_dropped_patches():
@@ -35,8 +35,8 @@ def test_stage_panel_marks_kept_merged_and_dropped_patches():
     for p, patch in zip((0, 1, 2), tinted):
         assert not np.array_equal(patch, interior(p, image.astype(int)))
         assert not np.all(patch <= interior(p, image.astype(int)) * 0.25 + 1)  # not darkened like a drop
-    # One contextual token: the same tint on its three patches (equal offsets from 0.45 x image).
-    offsets = [patch - 0.45 * interior(p, image.astype(int)) for p, patch in zip((0, 1, 2), tinted)]
+    # One contextual token: the same tint on its three patches (equal offsets from the image's share).
+    offsets = [patch - (1 - TINT) * interior(p, image.astype(int)) for p, patch in zip((0, 1, 2), tinted)]
     assert np.allclose(offsets[0].mean((0, 1)), offsets[2].mean((0, 1)), atol=2)
 
 
@@ -49,8 +49,11 @@ def test_demo_runs_on_the_shipped_model(tmp_path, capsys):
         assert f"\n{run} " in text
     assert text.count("%") >= 5 and "wrote" in text
     figure = Image.open(out)
-    # One scene: input + encoder + 3 LLM stages = 5 panels of 336 px, side by side.
+    # One scene: input + encoder + 3 LLM stages = 5 panels of 336 px, side by side, under a
+    # heading and a legend, with the question and answers beneath.
     assert figure.width > 5 * 336 and 336 < figure.height < 2 * 336
+    top = np.asarray(figure.convert("RGB"))[:60]
+    assert (top < 100).any()  # the heading and the legend's swatches are drawn above the panels
 
 
 @pytest.mark.parametrize("args, detail", [(["--scenes", "0"], "num_scenes"),

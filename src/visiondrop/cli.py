@@ -27,7 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     gen = commands.add_parser("generate", help="answer a prompt about an image or a video, pruned")
-    gen.add_argument("--model", required=True, help="local checkpoint folder or hub id")
+    gen.add_argument("--model", default=None,
+                     help="local checkpoint folder or hub id (default: the shipped shapes-llava)")
     gen.add_argument("--image", default=None, help="image file")
     gen.add_argument("--video", default=None,
                      help="video as a folder of frame images (sorted by name) or a .npy uint8 array "

@@ -47,7 +47,7 @@ def run(num_scenes: int = 4, figure_budget: int = 64, out: str | Path = "visiond
           f"{len(items)} questions, CPU\n")
 
     runs: list[tuple[str, object, list[str], float]] = []
-    figure = None
+    figure_report = figure_answers = None
     with torch.inference_mode():
         answer(model, processor, items[:1], generate=True)  # warm-up, so no timing below includes first-call costs
         for budget in tqdm([None, *BUDGETS], desc="budgets", unit="run"):
@@ -57,10 +57,7 @@ def run(num_scenes: int = 4, figure_budget: int = 64, out: str | Path = "visiond
             seconds = time.perf_counter() - tic
             if handle is not None:
                 if budget == figure_budget:
-                    first_rows = [k * len(shapes.KINDS) for k in range(len(scenes))]
-                    figure = pruning_figure([s.image for s in scenes], handle.report, first_rows,
-                                            model.config.vision_config.patch_size,
-                                            titles=[f"scene {s.index}" for s in scenes])
+                    figure_report, figure_answers = handle.report, answers
                 runs.append((f"budget {budget}", handle.schedule, answers, seconds))
                 handle.remove()
             else:
@@ -77,6 +74,14 @@ def run(num_scenes: int = 4, figure_budget: int = 64, out: str | Path = "visiond
     for name, schedule, answers, seconds in runs:
         accuracy = accuracy_by_kind(items, answers)["overall"]
         print(f"{name:<11} {str(schedule):<58} {accuracy:>8.1%} {seconds:>8.2f}")
+    first_rows = [k * len(shapes.KINDS) for k in range(len(scenes))]  # each scene's first question
+    full_answers = runs[0][2]
+    notes = [f"Q: {items[r].question.text}   truth: {items[r].question.answer}   full model: {full_answers[r]}   "
+             f"budget {figure_budget}: {figure_answers[r]}" for r in first_rows]
+    figure = pruning_figure([s.image for s in scenes], figure_report, first_rows,
+                            model.config.vision_config.patch_size, titles=[f"scene {s.index}" for s in scenes],
+                            heading=f"shapes-llava, VisionDrop at budget {figure_budget}: what each stage kept "
+                                    "(a regression guard, not real LLaVA)", notes=notes)
     if figure is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
         figure.save(out)

@@ -24,11 +24,17 @@ _PALETTE = np.array([(230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200)
                      (220, 190, 255), (170, 110, 40), (128, 0, 0), (170, 255, 195), (128, 128, 0)], dtype=np.float64)
 
 
+#: share of a contextual token's colour on the patches merged into it: low enough that the
+#: scene shows beneath the tint
+TINT = 0.4
+DARK = 0.25  # brightness of patches no token carries after the stage
+
+
 def stage_panel(image: np.ndarray, segment: SegmentRecord, patch_size: int) -> Image.Image:
     """``image`` (uint8 HxWx3) with one stage's decision for one image drawn on it."""
     height, width = image.shape[:2]
     columns = width // patch_size
-    base = image.astype(np.float64) * 0.25  # everything not carried by a token after this stage
+    base = image.astype(np.float64) * DARK  # everything not carried by a token after this stage
     canvas = base.copy()
     outlines: list[tuple[int, str]] = []
 
@@ -42,7 +48,7 @@ def stage_panel(image: np.ndarray, segment: SegmentRecord, patch_size: int) -> I
         if slot >= 0 and patches[local] >= 0:
             ys, xs = cells(patches[local])
             tint = _PALETTE[slot % len(_PALETTE)]
-            canvas[ys, xs] = 0.45 * image[ys, xs] + 0.55 * tint
+            canvas[ys, xs] = (1 - TINT) * image[ys, xs] + TINT * tint
     for local in segment.targets.tolist():
         if patches[local] >= 0:
             outlines.append((patches[local], "black"))
@@ -60,26 +66,65 @@ def stage_panel(image: np.ndarray, segment: SegmentRecord, patch_size: int) -> I
     return panel
 
 
+def font(size: int):
+    """Pillow's own font at ``size`` px (older Pillow: its small bitmap font)."""
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:
+        return ImageFont.load_default()
+
+
+def legend(width: int, patch: int = 14) -> Image.Image:
+    """One line of swatches saying what the colours of a stage panel mean."""
+    strip = Image.new("RGB", (width, 2 * patch + 8), "white")
+    draw = ImageDraw.Draw(strip)
+    grey, tint = np.array([150.0, 150.0, 150.0]), _PALETTE[0]
+    items = [("dominant: kept as it is (white outline)", tuple(int(v) for v in grey), "white"),
+             ("contextual: patches merged into one token, one colour each (its target outlined black)",
+              tuple(int(v) for v in (1 - TINT) * grey + TINT * tint), "black"),
+             ("dropped, or gone at an earlier stage", tuple(int(v) for v in grey * DARK), None)]
+    left, text = 8, font(13)
+    for label, colour, outline in items:
+        draw.rectangle([left, 4, left + 2 * patch, 4 + 2 * patch], fill=colour, outline=outline or colour, width=2)
+        draw.text((left + 2 * patch + 6, 4 + patch - 7), label, fill="black", font=text)
+        left += 2 * patch + 14 + int(draw.textlength(label, font=text)) + 24
+    return strip
+
+
 def pruning_figure(images: Sequence[np.ndarray], report: PruningReport, rows: Sequence[int], patch_size: int,
-                   titles: Sequence[str] | None = None) -> Image.Image:
-    """A grid: one line per image (``rows[i]`` = its batch row), columns = the
-    image, then every stage of ``report`` in order."""
+                   titles: Sequence[str] | None = None, heading: str | None = None,
+                   notes: Sequence[str] | None = None) -> Image.Image:
+    """A grid: one line per image (``rows[i]`` = its batch row), columns = the image, then
+    every stage of ``report`` in order; ``heading`` on top with a legend of the colours,
+    ``notes[i]`` (a question and its answers) under line ``i``."""
     columns = 1 + len(report.stages)
     size = images[0].shape[0]
-    caption, gap = 34, 6
-    figure = Image.new("RGB", (columns * (size + gap) + gap, len(images) * (size + caption + gap) + gap), "white")
+    caption, gap, note = 40, 8, 22 if notes else 0
+    label_font, title_font, note_font = font(15), font(20), font(14)
+    width = columns * (size + gap) + gap
+    key = legend(width)
+    top_band = (34 if heading else 0) + key.height + 6
+    figure = Image.new("RGB", (width, top_band + len(images) * (size + caption + note + gap) + gap), "white")
     draw = ImageDraw.Draw(figure)
+    if heading:
+        draw.text((gap, 6), heading, fill="black", font=title_font)
+    figure.paste(key, (0, top_band - key.height - 6))
     for i, (image, row) in enumerate(zip(images, rows)):
-        top = gap + i * (size + caption + gap)
-        labels = [titles[i] if titles else "input"]
+        top = top_band + i * (size + caption + note + gap)
+        labels = [(titles[i] if titles else "input", "the image as the model sees it")]
         panels = [Image.fromarray(image)]
         for stage in report.stages:
             segment = stage.rows(row)[0]
             panels.append(stage_panel(image, segment, patch_size))
-            where = "vision encoder" if stage.layer is None else f"before LLM layer {stage.layer}"
-            labels.append(f"{where}: {stage.tokens_in} -> {stage.dominant}+{stage.contextual}")
-        for j, (panel, label) in enumerate(zip(panels, labels)):
+            where = "in the vision encoder" if stage.layer is None else f"before LLM layer {stage.layer}"
+            labels.append((where, f"{stage.tokens_in} tokens -> {stage.dominant} kept + {stage.contextual} merged"))
+        for j, (panel, (first, second)) in enumerate(zip(panels, labels)):
             left = gap + j * (size + gap)
             figure.paste(panel, (left, top + caption))
-            draw.text((left, top + 4), label, fill="black")
+            draw.text((left, top + 2), first, fill="black", font=label_font)
+            draw.text((left, top + 20), second, fill=(70, 70, 70), font=note_font)
+        if notes:
+            draw.text((gap, top + caption + size + 3), notes[i], fill="black", font=note_font)
     return figure
