@@ -190,15 +190,15 @@ def to_markdown(result: dict) -> str:
         ("1 image attention drops, sink forms",
          f"image share early peak {g['1']['early_peak']:.2f}, deep {g['1']['deep_image_share']:.2f}; text before the "
          f"image in deep layers {g['1']['deep_sink_share']:.2f}", "deep <= peak / 3; sink >= 0.30"),
-        ("2 FastV K=2, R=50%", f"costs {g['2']['cost']:.1f} points", "<= 1.5"),
-        ("3 knockout", f"from 1/4 of the depth: -{g['3']['cost_from_1/4']:.1f}; from 3/4: "
-         f"-{g['3']['cost_from_3/4']:.1f}", "3/4: <= 3; 1/4: >= 5"),
+        ("2 FastV K=2, R=50%", f"costs {g['2']['cost']:.1f} points", "cost <= 1.5"),
+        ("3 knockout", f"accuracy change, image gone from 1/4 of the depth: {-g['3']['cost_from_1/4']:+.1f}; "
+         f"from 3/4: {-g['3']['cost_from_3/4']:+.1f}", "3/4: cost <= 3; 1/4: cost >= 5"),
         ("4 CLS concentration, high-norm tokens", f"top 1% share {g['4']['cls_top1pct_share']:.2f}; high-norm "
          f"{100 * g['4']['high_norm_fraction']:.1f}% (max/median {g['4']['max_norm_over_median']:.1f})",
          ">= 0.30; 0.5-10%"),
         ("5 text-guided bottom bias", f"FastV mean row {g['5']['mean_row']:.3f} (z {g['5']['z']:.1f})", "z >= 3"),
         ("6 reindex vs keep", ", ".join(f"{m} {g['6'][m]['difference']:+.1f}" for m in ("visiondrop", "fastv")),
-         "|diff| <= 2"),
+         "abs(difference) <= 2"),
     ]
     meta = result["metadata"]
     lines = [f"Proxy gates: {meta['model']} ({meta['questions']} held-out questions, full model "

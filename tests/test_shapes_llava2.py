@@ -82,3 +82,14 @@ def test_gates_script_reports_every_gate_on_shapes_llava(tmp_path):
     assert len(result["gates"]["1"]["image_share"]) == 8  # one per LM layer
     table = (tmp_path / "gates-shapes-llava.md").read_text()
     assert table.count("\n| ") == 7  # header + six gates
+
+
+@pytest.mark.parametrize("path", ["gates-shapes-llava", "shapes-llava-2-attempts/gates-shapes-llava-2"])
+def test_committed_gate_tables_are_their_json(path):
+    proxy = Path(__file__).resolve().parents[1] / "docs" / "proxy"
+    module = runpy.run_path(str(SCRIPTS / "proxy_gates.py"), run_name="gates")
+    result = json.loads((proxy / f"{path}.json").read_text())
+    table = module["to_markdown"](result)
+    assert (proxy / f"{path}.md").read_text().strip() == table
+    rows = [line for line in table.splitlines() if line.startswith("| ") and line[2].isdigit()]
+    assert len(rows) == 6 and all(row in (proxy / "README.md").read_text() for row in rows)
