@@ -68,7 +68,7 @@ def test_square_grid_marks_dominant_contextual_and_dropped_patches(image):
     layout = vz.square_layout(32, 8, mode="stretch")
     record = _record(16, dominant=[0, 5], targets=[7], merged={7: 0, 8: 0, 9: 0})
     pictures = vz.stage_pictures(image, _report(StageRecord("encoder", None, 16, 2, 1, [record])), 0, layout)
-    assert [label for label, _ in pictures] == ["input", "vision encoder: 16 -> 2+1"]
+    assert [label for label, _ in pictures] == ["input", "vision encoder: 16 -> 2 kept + 1 merged"]
     base = np.asarray(pictures[0][1])
     assert np.array_equal(base, image)  # the processor's 32 px image, as is
     picture = np.asarray(pictures[1][1])
@@ -97,14 +97,14 @@ def test_cls_rows_images_and_llm_stages(image):
         _record(4, dominant=[1], targets=[3], merged={2: 0, 3: 0}, patches=[0, 1, 3, 4])])  # ids 0, 1, 3, 4
     layout = vz.square_layout(32, 8, mode="stretch")
     pictures = vz.stage_pictures(image, _report(encoder, llm), 0, layout)
-    assert [label for label, _ in pictures] == ["input", "vision encoder: 17 -> 3+1 (+1 off-image)",
-                                                "before LLM layer 2: 4 -> 1+1"]
+    assert [label for label, _ in pictures] == ["input", "vision encoder: 17 -> 3 kept + 1 merged (+1 off-image)",
+                                                "before LLM layer 2: 4 -> 1 kept + 1 merged"]
     base, llm_picture = np.asarray(pictures[0][1]), np.asarray(pictures[2][1])
     assert _is_kept(llm_picture, base, layout.cell(1))
     assert _is_tinted(llm_picture, base, layout.cell(3), 0) and _is_tinted(llm_picture, base, layout.cell(4), 0)
     assert _is_dark(llm_picture, base, layout.cell(0)) and _is_dark(llm_picture, base, layout.cell(2))
     other = vz.stage_pictures(image, _report(encoder, llm), 1, layout)  # row 1: only its encoder record
-    assert [label for label, _ in other] == ["input", "vision encoder: 17 -> 1+0"]
+    assert [label for label, _ in other] == ["input", "vision encoder: 17 -> 1 kept + 0 merged"]
     assert _is_kept(np.asarray(other[1][1]), base, layout.cell(15))
     assert _is_dark(np.asarray(other[1][1]), base, layout.cell(0))
 
@@ -142,7 +142,8 @@ def test_anyres_encoder_records_are_offset_per_crop():
     crops[4] = _record(65, dominant=[1], targets=[3], merged={3: 0, 4: 0}, patches=torch.arange(65) - 1)
     llm = StageRecord("llm", 2, 320, 1, 0, [_record(320, dominant=[4 * 64], targets=[], merged={})])
     pictures = vz.stage_pictures(image, _report(StageRecord("encoder", None, 65, 1, 1, crops), llm), 0, layout)
-    assert [label for label, _ in pictures][1:] == ["vision encoder: 325 -> 2+1", "before LLM layer 2: 320 -> 1+0"]
+    assert [label for label, _ in pictures][1:] == ["vision encoder: 325 -> 2 kept + 1 merged",
+                                                   "before LLM layer 2: 320 -> 1 kept + 0 merged"]
     base, encoder_picture, llm_picture = (np.asarray(p) for _, p in pictures)
     assert _is_kept(encoder_picture, base, layout.cell(9))
     assert _is_kept(encoder_picture, base, layout.cell(4 * 64))  # crop 4's patch 0: the bottom-right tile
@@ -220,7 +221,7 @@ def test_cli_on_the_shipped_model_writes_one_png_per_image(shapes_images, tmp_pa
     assert "wrote" in capsys.readouterr().out
     figure = Image.open(written[0])
     # rows: visiondrop (input + encoder + 3 LLM stages), fastv (input + 1), visionzip (input + encoder)
-    assert figure.width > 5 * 168 and 3 * 168 < figure.height < 3 * (168 + 80)
+    assert figure.width > 5 * 168 and 3 * 168 < figure.height < 3 * (168 + 100) + 100  # + title and legend
 
 
 def test_compare_methods_on_llava_next_checkpoint(tmp_path):

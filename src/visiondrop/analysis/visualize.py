@@ -38,12 +38,14 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from ..viz import _PALETTE as PALETTE
+from ..viz import TINT as VIZ_TINT
+from ..viz import legend
 
 if TYPE_CHECKING:  # annotations only: the command line's parser imports this module
     from ..report import PruningReport, SegmentRecord, StageRecord
 
 DARK = 0.25  # brightness of patches no token carries after the stage (as viz.stage_panel)
-TINT = 0.55  # share of a contextual token's colour on the patches merged into it
+TINT = VIZ_TINT  # share of a contextual token's colour on merged patches: the scene shows beneath
 GAP = 8  # pixels between the pieces of a picture (base crop | tiles, frames)
 
 
@@ -241,13 +243,13 @@ def layout_for(model, batch, index: int = 0, modality: str = "image", processor=
 
 # ------------------------------------------------------------------ pictures
 def stage_title(stage: StageRecord, records: Sequence[SegmentRecord]) -> str:
-    """"vision encoder: 576 -> 48+8" / "before LLM layer 8: 72 -> 30+2": this image's tokens
+    """"vision encoder: 576 -> 48 kept + 8 merged" / "before LLM layer 8: 72 -> 30 kept + 2 merged": its tokens
     (summed over its crops or frames) in, then dominant + contextual out."""
     where = "vision encoder" if stage.layer is None else f"before LLM layer {stage.layer}"
     tokens_in = sum(r.input_patches.numel() for r in records)
     dominant = sum(r.dominant.numel() for r in records)
     contextual = sum(r.targets.numel() for r in records)
-    return f"{where}: {tokens_in} -> {dominant}+{contextual}"
+    return f"{where}: {tokens_in} -> {dominant} kept + {contextual} merged"
 
 
 def _stage_picture(base: np.ndarray, records: Sequence[SegmentRecord], layout: Layout, local_ids: bool
@@ -323,28 +325,37 @@ def _font(size: int = 14):
         return ImageFont.load_default()
 
 
-def compose(rows: Sequence[tuple[str, Sequence[tuple[str, Image.Image]], str | None]], panel_height: int = 336
-            ) -> Image.Image:
-    """A figure: one line per ``(heading, pictures, answer)``; pictures scaled to
-    ``panel_height`` (aspect kept), each under its title; the answer, if any, below."""
+def compose(rows: Sequence[tuple[str, Sequence[tuple[str, Image.Image]], str | None]], panel_height: int = 336,
+            title: str | None = None) -> Image.Image:
+    """A figure: ``title`` and a legend of the colours on top, then one line per ``(heading,
+    pictures, answer)``; pictures scaled to ``panel_height`` (aspect kept), each under its
+    title; the answer, if any, below."""
     font = _font(14)
     line = 20
     scaled = [[(label, pic.resize((max(1, round(pic.width * panel_height / pic.height)), panel_height),
                                   Image.BILINEAR)) for label, pic in pictures] for _, pictures, _ in rows]
     width = GAP + max(sum(pic.width + GAP for _, pic in line_) for line_ in scaled)
-    heights = [line + line + panel_height + (line if answer else 0) + GAP for _, _, answer in rows]
-    figure = Image.new("RGB", (width, GAP + sum(heights)), "white")
+    key = legend(max(width, 1100))
+    width = max(width, key.width)
+    band = (30 if title else 0) + key.height + GAP
+    heights = [3 * line + panel_height + (line if answer else 0) + GAP for _, _, answer in rows]
+    figure = Image.new("RGB", (width, band + GAP + sum(heights)), "white")
     draw = ImageDraw.Draw(figure)
-    top = GAP
+    if title:
+        draw.text((GAP, GAP), title, fill="black", font=_font(18))
+    figure.paste(key, (0, band - key.height))
+    top = band + GAP
     for (heading, _, answer), line_, height in zip(rows, scaled, heights):
         draw.text((GAP, top), heading, fill="black", font=font)
         left = GAP
         for label, pic in line_:
-            draw.text((left, top + line), label, fill="black", font=font)
-            figure.paste(pic, (left, top + 2 * line))
+            where, _, counts = label.partition(": ")  # two lines: narrow panels keep their titles apart
+            draw.text((left, top + line), where, fill="black", font=font)
+            draw.text((left, top + 2 * line), counts, fill=(70, 70, 70), font=_font(13))
+            figure.paste(pic, (left, top + 3 * line))
             left += pic.width + GAP
         if answer:
-            draw.text((GAP, top + 2 * line + panel_height + 2), f"answer: {answer}", fill="black", font=font)
+            draw.text((GAP, top + 3 * line + panel_height + 2), f"answer: {answer}", fill="black", font=font)
         top += height
     return figure
 
@@ -395,7 +406,10 @@ def compare_methods(model, processor, image, prompt: str, methods: Sequence[str]
             rows.append((f"{name}, budget {budget}: {handle.schedule}", pictures, answer))
         finally:
             handle.remove()
-    return compose(rows, panel_height)
+    model_name = getattr(model.config, "_name_or_path", "") or type(model).__name__
+    title = f"{model_name.rstrip('/').split('/')[-1] or type(model).__name__}: what each stage kept at budget " \
+            f"{budget}; prompt: {prompt}"
+    return compose(rows, panel_height, title)
 
 
 # ------------------------------------------------------------------ command line
