@@ -56,6 +56,8 @@ def picture(tmp_path):
 MISTAKES = [  # (argv with {image} and {empty} filled in, the flag the one-line error names)
     (["generate", "--model", "./no-such-model", "--image", "{image}", "--prompt", "hi"], "--model: no such folder"),
     (["generate", "--model", "{empty}", "--image", "{image}", "--prompt", "hi"], "--model: '"),
+    (["generate", "--model", "no-such-org/no-such-model", "--image", "{image}", "--prompt", "hi"],
+     "--model: cannot load 'no-such-org/no-such-model' (not a local folder; the hub is not reachable"),
     (["generate", "--model", SHIPPED, "--image", "{image}", "--prompt", "hi", "--attn", "nosuch"], "--attn:"),
     (["generate", "--model", SHIPPED, "--image", "{image}", "--prompt", "hi", "--method", "nosuch"], "--method:"),
     (["generate", "--model", SHIPPED, "--image", "nope.png", "--prompt", "hi"], "--image:"),

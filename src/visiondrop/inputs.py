@@ -58,11 +58,30 @@ def looks_local(path: str) -> bool:
     return path.startswith((".", "/", "~")) or "\\" in path or path.count("/") > 1 or Path(path).exists()
 
 
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the hub answers at all (one TCP connection), so that a hub id is not retried
+    for half a minute on a machine without network; HF_HUB_OFFLINE says no at once."""
+    import os
+    import socket
+    from urllib.parse import urlparse
+
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        return False
+    endpoint = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    try:
+        socket.create_connection((endpoint.hostname, endpoint.port or 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
 def load_config(path: str):
-    """``AutoConfig`` of ``--model``; a missing folder, a folder without ``config.json`` or a
-    hub id that cannot be fetched is an InputError naming ``--model``, in one line."""
+    """``(AutoConfig of --model, local_files_only)``; a missing folder, a folder without
+    ``config.json`` or a hub id that cannot be fetched (nor found in the cache) is an
+    InputError naming ``--model``, in one line."""
     from transformers import AutoConfig
 
+    offline = False
     if looks_local(path):
         folder = Path(path).expanduser()
         if not folder.exists():
@@ -70,10 +89,13 @@ def load_config(path: str):
         if folder.is_dir() and not (folder / "config.json").is_file():
             raise InputError("--model", f"{path!r} has no config.json (a checkpoint folder holds config.json and "
                                         "its weights)")
+    else:
+        offline = not hub_reachable()
     try:
-        return AutoConfig.from_pretrained(path)
+        return AutoConfig.from_pretrained(path, local_files_only=offline), offline
     except (OSError, ValueError) as error:
-        where = "" if looks_local(path) else " (not a local folder, and not found on the hub)"
+        where = ("" if looks_local(path) else " (not a local folder; the hub is not reachable and it is not in the "
+                 "cache)" if offline else " (not a local folder, and not found on the hub)")
         raise InputError("--model", f"cannot load {path!r}{where}: {str(error).strip().splitlines()[0]}") from None
 
 
@@ -193,7 +215,7 @@ class FrameProcessor:
         return self.tokenizer.batch_decode(*args, **kwargs)
 
 
-def load_processor(path: str, config):
+def load_processor(path: str, config, local_files_only: bool = False):
     """``AutoProcessor``; for Video-LLaVA without torchvision, :class:`FrameProcessor`."""
     from transformers import AutoProcessor
     from transformers.utils import is_torchvision_available
@@ -202,9 +224,9 @@ def load_processor(path: str, config):
         if getattr(config, "video_seq_length", None) and not is_torchvision_available():
             from transformers import AutoImageProcessor, AutoTokenizer
 
-            return FrameProcessor(AutoTokenizer.from_pretrained(path), AutoImageProcessor.from_pretrained(path),
-                                  config)
-        return AutoProcessor.from_pretrained(path)
+            return FrameProcessor(AutoTokenizer.from_pretrained(path, local_files_only=local_files_only),
+                                  AutoImageProcessor.from_pretrained(path, local_files_only=local_files_only), config)
+        return AutoProcessor.from_pretrained(path, local_files_only=local_files_only)
     except (ImportError, AttributeError) as error:
         if is_torchvision_available():
             raise
@@ -229,10 +251,11 @@ def load_model(path: str | None, device: str, dtype="auto", attn: str = "sdpa"):
             raise InputError("--model", str(error)) from None
     from transformers import AutoModelForImageTextToText
 
-    config = load_config(path)
-    processor = load_processor(path, config)
+    config, offline = load_config(path)
+    processor = load_processor(path, config, local_files_only=offline)
     try:
-        model = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype, attn_implementation=attn)
+        model = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype, attn_implementation=attn,
+                                                            local_files_only=offline)
     except ValueError as error:  # not an image-text model, or an attention backend it lacks
         raise InputError("--model", f"cannot load {path!r}: {str(error).strip().splitlines()[0]}") from None
     return model.to(device).eval(), processor

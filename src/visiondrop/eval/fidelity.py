@@ -474,7 +474,7 @@ def plot(result: FidelityResult, path: str | Path) -> Path:
     from matplotlib.figure import Figure
 
     meta = result.metadata
-    fig = Figure(figsize=(7, 4.5), dpi=120)
+    fig = Figure(figsize=(9, 4.5), dpi=120)
     FigureCanvasAgg(fig)  # the Agg backend, without touching pyplot's global state
     ax = fig.add_subplot()
     markers = "osD^vP*Xh<>"
@@ -497,7 +497,7 @@ def plot(result: FidelityResult, path: str | Path) -> Path:
              else f"first {meta.questions:,} of {HELDOUT_QUESTIONS:,} questions")
     ax.set_title(f"{Path(meta.model).name or meta.model}: ShapesVQA held-out\n{count}", fontsize=11)
     ax.grid(True, alpha=0.3)
-    ax.legend(loc="best")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=9)  # beside the lines, never over them
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path)
