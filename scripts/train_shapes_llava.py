@@ -181,7 +181,7 @@ def timed_loop(name, budget_s, max_steps, step_fn, optimizer, peak_lr, warmup, l
     total, step, start, mark = max_steps, 0, time.time(), None
     while step < total:
         for group in optimizer.param_groups:
-            group["lr"] = lr_at(step, total, peak_lr, min(warmup, total // 10 + 1))
+            group["lr"] = lr_at(step, total, peak_lr * group.get("scale", 1.0), min(warmup, total // 10 + 1))
         metrics = step_fn(step)
         step += 1
         if step == skip:

@@ -41,6 +41,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from visiondrop.data import shapes2
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the v1 recipe's schedule and position table
+from train_shapes_llava import sincos_position_embedding, timed_loop  # noqa: E402
+
 from visiondrop.zoo.shapes_llava import EOS_ID, PAD_ID, pixel_values
 from visiondrop.zoo.shapes_llava2 import PROMPT, shapes2_processor, shapes2_tokenizer, shapes_llava2_config, word_list
 
@@ -129,48 +133,6 @@ class CaptionEncoder(nn.Module):
         return self.project(pooled)
 
 
-def lr_at(step: int, total: int, peak: float, warmup: int) -> float:
-    if step < warmup:
-        return peak * (step + 1) / warmup
-    return peak * 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
-
-
-def timed_loop(name, budget_s, max_steps, step_fn, optimizer, peak_lr, warmup, log, skip=10, every=50):
-    """``step_fn(step)`` for about ``budget_s`` seconds under warmup + cosine; the step count is
-    re-estimated from the measured speed, so the schedule ends on time on any GPU."""
-    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
-    total, step, start, mark = max_steps, 0, time.time(), None
-    while step < total:
-        for group in optimizer.param_groups:
-            group["lr"] = lr_at(step, total, peak_lr * group.get("scale", 1.0), min(warmup, total // 10 + 1))
-        metrics = step_fn(step)
-        step += 1
-        if step == skip:
-            sync()
-            mark = time.time()
-        elif mark is not None and step % every == 0:
-            sync()
-            per_step = (time.time() - mark) / (step - skip)
-            total = max(step + 1, min(max_steps, step + int((budget_s - (time.time() - start)) / per_step)))
-        if step % 250 == 0 or step == total:
-            entry = {"stage": name, "step": step, "of": total, "seconds": round(time.time() - start, 1),
-                     **{k: round(float(v), 4) for k, v in metrics.items()}}
-            log.append(entry)
-            print(json.dumps(entry), flush=True)
-    return {"steps": step, "seconds": round(time.time() - start, 1)}
-
-
-def sincos_position_embedding(side: int, width: int, scale: float = 0.2) -> torch.Tensor:
-    """2-D sine-cosine table for [CLS] + patches: the initial value of CLIP's learned one
-    (training from scratch in minutes needs the grid layout from the start)."""
-    quarter = width // 4
-    omega = 1.0 / (10000 ** (torch.arange(quarter, dtype=torch.float64) / quarter))
-    grid = torch.arange(side, dtype=torch.float64)
-    ys, xs = torch.meshgrid(grid, grid, indexing="ij")
-    table = torch.cat([f(c.flatten()[:, None] * omega[None]) for c in (xs, ys) for f in (torch.sin, torch.cos)], 1)
-    return (scale * torch.cat([torch.zeros(1, table.shape[1], dtype=table.dtype), table])).float()
-
-
 def train(args) -> dict:  # noqa: PLR0915 (the stages, read top to bottom)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(args.seed)
@@ -180,6 +142,11 @@ def train(args) -> dict:  # noqa: PLR0915 (the stages, read top to bottom)
     print(f"data: {args.scenes} scenes, {len(data['chat_tokens'])} chats in {time.time() - t0:.0f}s", flush=True)
     log: list[dict] = []
     stages: dict[str, dict] = {}
+
+    def timed_stage(*arguments):
+        start = time.time()
+        steps = timed_loop(*arguments)
+        return {"steps": steps, "seconds": round(time.time() - start, 1)}
 
     from transformers import LlavaForConditionalGeneration
 
@@ -216,7 +183,7 @@ def train(args) -> dict:  # noqa: PLR0915 (the stages, read top to bottom)
         return {"loss": loss.detach(), "acc": (logits.argmax(-1) == labels).float().mean()}
 
     vision.train()
-    stages["vision"] = timed_loop("vision", args.vision_seconds, args.max_steps, vision_step, opt, args.vision_lr,
+    stages["vision"] = timed_stage("vision", args.vision_seconds, args.max_steps, vision_step, opt, args.vision_lr,
                                   args.warmup, log)
     vision.eval().requires_grad_(False)
     text_tower = image_project = opt = None
@@ -238,7 +205,7 @@ def train(args) -> dict:  # noqa: PLR0915 (the stages, read top to bottom)
         return {"loss": loss.detach()}
 
     lm.train()
-    stages["text"] = timed_loop("text", args.text_seconds, args.max_steps, text_step, opt, args.lm_lr, args.warmup,
+    stages["text"] = timed_stage("text", args.text_seconds, args.max_steps, text_step, opt, args.lm_lr, args.warmup,
                                 log)
     documents = opt = None
 
@@ -297,7 +264,7 @@ def train(args) -> dict:  # noqa: PLR0915 (the stages, read top to bottom)
         return multimodal_step(opt, list(projector.parameters()), text, targets, scenes)
 
     lm.eval()
-    stages["align"] = timed_loop("align", args.align_seconds, args.max_steps, align_step, opt, args.align_lr,
+    stages["align"] = timed_stage("align", args.align_seconds, args.max_steps, align_step, opt, args.align_lr,
                                  args.warmup, log)
 
     # 4. instruct: projector + LM on chats, loss on the answers
@@ -314,7 +281,7 @@ def train(args) -> dict:  # noqa: PLR0915 (the stages, read top to bottom)
         return multimodal_step(opt, params, chat_tokens[pick], chat_targets[pick], pick // 2)
 
     lm.train()
-    stages["instruct"] = timed_loop("instruct", args.instruct_seconds, args.max_steps, instruct_step, opt,
+    stages["instruct"] = timed_stage("instruct", args.instruct_seconds, args.max_steps, instruct_step, opt,
                                     args.lm_lr, args.warmup, log)
     model.eval()
     features = images = None

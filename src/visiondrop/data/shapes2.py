@@ -59,7 +59,6 @@ question mix of common benchmarks (POPE, counting, OCR, multiple choice).
 
 from __future__ import annotations
 
-import hashlib
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -67,7 +66,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .glyphs import CHARACTERS, glyph
-from .shapes import COLOURS, EXISTS_SUBSETS, IMAGE_SIZE, PATCH_SIZE, SHAPES
+from .shapes import COLOURS, EXISTS_SUBSETS, IMAGE_SIZE, PATCH_SIZE, SHAPES, fingerprint  # noqa: F401 (ours too)
 from .shapes import _shape_mask as shape_mask
 
 NUM_PATCHES = IMAGE_SIZE // PATCH_SIZE  # per side: 24
@@ -574,16 +573,6 @@ def scenes(seed: int, count: int, start: int = 0) -> Iterator[Scene]:
 def heldout(num_scenes: int = HELDOUT_SCENES) -> list[Scene]:
     """The fixed held-out set: scenes 0..299 of seed 2027, one question of each kind."""
     return list(scenes(HELDOUT_SEED, num_scenes))
-
-
-def fingerprint(scene_list: list[Scene]) -> str:
-    """SHA-256 over every image's pixels and every question and answer."""
-    digest = hashlib.sha256()
-    for scene in scene_list:
-        digest.update(scene.image.tobytes())
-        for q in scene.questions:
-            digest.update(f"{q.kind}|{q.subset}|{q.text}|{q.answer}\n".encode())
-    return digest.hexdigest()
 
 
 def vocabulary() -> list[str]:

@@ -63,13 +63,15 @@ def answer(model, processor, items: Sequence[Item], batch_size: int = 32, progre
     return answers
 
 
-def accuracy_by_kind(items: Sequence[Item], answers: Sequence[str]) -> dict[str, float]:
-    """Accuracy (0-1) per question kind, plus ``overall`` over all items."""
+def accuracy_by_kind(items: Sequence[Item], answers: Sequence[str], kinds: Sequence[str] = KINDS
+                     ) -> dict[str, float]:
+    """Accuracy (0-1) per question kind (in ``kinds``' order), plus ``overall`` over all
+    items; an answer is right when its words are the expected answer's (exact match)."""
     if len(items) != len(answers):
         raise ValueError(f"{len(items)} items but {len(answers)} answers")
     right: dict[str, list[bool]] = defaultdict(list)
     for item, given in zip(items, answers):
-        right[item.question.kind].append(given == item.question.answer)
-    table = {kind: sum(v) / len(v) for kind in KINDS if (v := right.get(kind))}
+        right[item.question.kind].append(given.split() == item.question.answer.split())
+    table = {kind: sum(v) / len(v) for kind in kinds if (v := right.get(kind))}
     table["overall"] = sum(sum(v) for v in right.values()) / max(1, len(items))
     return table

@@ -4,29 +4,20 @@ handle applies), scored by exact match of the whole answer, per question kind.""
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..data.shapes2 import KINDS, Question, Scene
+from ..data.shapes2 import KINDS
+from . import vqa
+from .vqa import Item, items_of  # the same items for both datasets
+
+__all__ = ["MAX_ANSWER_TOKENS", "Item", "accuracy_by_kind", "answer", "items_of"]
 
 #: longest answer (the caption: three objects of up to 3 words each, with separators)
 MAX_ANSWER_TOKENS = 24
-
-
-@dataclass(frozen=True)
-class Item:
-    scene: Scene
-    question: Question
-
-
-def items_of(scenes: Sequence[Scene], limit: int | None = None) -> list[Item]:
-    items = [Item(scene, q) for scene in scenes for q in scene.questions]
-    return items if limit is None else items[:limit]
 
 
 @torch.inference_mode()
@@ -57,12 +48,5 @@ def answer(model, tokenizer, prompt: str, items: Sequence[Item], batch_size: int
 
 
 def accuracy_by_kind(items: Sequence[Item], answers: Sequence[str]) -> dict[str, float]:
-    """Accuracy (0-1) per question kind (whole answers, exact), plus ``overall``."""
-    if len(items) != len(answers):
-        raise ValueError(f"{len(items)} items but {len(answers)} answers")
-    right: dict[str, list[bool]] = defaultdict(list)
-    for item, given in zip(items, answers):
-        right[item.question.kind].append(given.split() == item.question.answer.split())
-    table = {kind: sum(v) / len(v) for kind in KINDS if (v := right.get(kind))}
-    table["overall"] = sum(sum(v) for v in right.values()) / max(1, len(items))
-    return table
+    """Accuracy (0-1) per ShapesVQA-2 kind (whole answers, exact), plus ``overall``."""
+    return vqa.accuracy_by_kind(items, answers, KINDS)

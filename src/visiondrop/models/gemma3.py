@@ -28,14 +28,12 @@ vispruner (they rank by [CLS] attention; SigLIP has no [CLS]), pool (Gemma 3 alr
 
 from __future__ import annotations
 
-import inspect
-
 from ..core.layout import image_blocks
 from ..methods.base import ModelGeometry, PruningMethod
 from ..schedule import Schedule
 from ..timing import machinery
 from .base import ModelAdapter
-from .decoder import DecoderPruner, MaskRule
+from .decoder import MaskRule
 from .llava import LlavaAdapter
 
 REFUSED = {
@@ -87,13 +85,7 @@ class Gemma3Adapter(LlavaAdapter):
         self.num_patches = self.side ** 2
         self.has_cls = False
         self.patch_offset = 0
-        self.image_token_id = config.image_token_id
-        self.pad_token_id = getattr(config.text_config, "pad_token_id", None) or 0
-        self.language_model = self.base.language_model
-        self._forward_params = list(inspect.signature(self.base.forward).parameters)
-        self._stash: dict = {}
-        self._pending: tuple | None = None
-        self.pruner: DecoderPruner | None = None
+        self._init_state(config)
 
     def geometry(self) -> ModelGeometry:
         """One image: its 256 pooled tokens."""

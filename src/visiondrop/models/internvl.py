@@ -34,8 +34,6 @@ image is ``t * 256 + r * 16 + c``; a contextual token carries its target's.
 
 from __future__ import annotations
 
-import inspect
-
 import torch
 
 from ..core.layout import Segment
@@ -44,7 +42,6 @@ from ..report import SegmentRecord, StageRecord
 from ..schedule import Schedule
 from ..timing import machinery
 from .base import ImageCounts, ModelAdapter
-from .decoder import DecoderPruner
 from .llava import LlavaAdapter, placeholder_runs
 
 REFUSED = {
@@ -86,14 +83,8 @@ class InternVLAdapter(LlavaAdapter):
         self.has_cls = True  # in the tower; dropped before the shuffle
         self.encoder_tokens = self.llm_tokens = self.num_patches // 4  # tokens per tile after the shuffle
         self.patch_offset = 0
-        self.image_token_id = config.image_token_id
-        self.pad_token_id = getattr(config.text_config, "pad_token_id", None) or 0
-        self.language_model = self.base.language_model
-        self._forward_params = list(inspect.signature(self.base.forward).parameters)
-        self._stash: dict = {}
-        self._pending: tuple | None = None
+        self._init_state(config)
         self._tiles: list[int] = []  # tiles of each image of the current prefill
-        self.pruner: DecoderPruner | None = None
 
     def geometry(self) -> ModelGeometry:
         """One tile: its 256 shuffled tokens (no [CLS] among them)."""

@@ -96,8 +96,12 @@ class LlavaAdapter(ForwardHooks, ModelAdapter):
         self.llm_tokens = self.encoder_tokens - (1 if self.strategy == "default" else 0)
         # index of patch 0 inside an unpruned LLM segment ("full" keeps CLS first)
         self.patch_offset = 1 if (self.has_cls and self.strategy == "full") else 0
+        self._init_state(config)
+
+    def _init_state(self, config) -> None:
+        """What every LLaVA-style adapter keeps (InternVL's and Gemma 3's constructors too)."""
         self.image_token_id = config.image_token_id
-        self.pad_token_id = config.text_config.pad_token_id or 0
+        self.pad_token_id = getattr(config.text_config, "pad_token_id", None) or 0
         self.language_model = self.base.language_model
         self._forward_params = list(inspect.signature(self.base.forward).parameters)
         self._stash: dict = {}

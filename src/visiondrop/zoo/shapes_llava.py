@@ -45,17 +45,23 @@ def image_token_id() -> int:
 
 
 def shapes_llava_config(attn_implementation: str = "sdpa"):
+    return llava_config(word_list(), VOCAB_SIZE, dict(num_attention_heads=6),
+                        dict(hidden_size=256, intermediate_size=768, num_hidden_layers=8, num_attention_heads=8,
+                             num_key_value_heads=8, max_position_embeddings=1024), attn_implementation)
+
+
+def llava_config(words: list[str], vocab_size: int, vision: dict, text: dict, attn_implementation: str = "sdpa"):
+    """A LLaVA-1.5-shaped config over a word list: a CLIP ViT (width 192, 6 layers, 336 / 14,
+    read at layer -2, [CLS] dropped), a Llama LM; ``vision`` and ``text`` set the rest."""
     from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig
 
-    if len(word_list()) > VOCAB_SIZE:
-        raise RuntimeError(f"ShapesVQA vocabulary ({len(word_list())}) outgrew VOCAB_SIZE={VOCAB_SIZE}")
-    vision = CLIPVisionConfig(hidden_size=192, intermediate_size=768, num_hidden_layers=6, num_attention_heads=6,
-                              image_size=IMAGE_SIZE, patch_size=PATCH_SIZE, projection_dim=192)
-    text = LlamaConfig(hidden_size=256, intermediate_size=768, num_hidden_layers=8, num_attention_heads=8,
-                       num_key_value_heads=8, vocab_size=VOCAB_SIZE, max_position_embeddings=1024,
-                       pad_token_id=PAD_ID, bos_token_id=2, eos_token_id=EOS_ID, rope_theta=10000.0,
-                       tie_word_embeddings=False)
-    config = LlavaConfig(vision_config=vision, text_config=text, image_token_id=image_token_id(),
+    if len(words) > vocab_size:
+        raise RuntimeError(f"the vocabulary ({len(words)} words) outgrew vocab_size={vocab_size}")
+    vision = CLIPVisionConfig(**{"hidden_size": 192, "intermediate_size": 768, "num_hidden_layers": 6,
+                                 "image_size": IMAGE_SIZE, "patch_size": PATCH_SIZE, "projection_dim": 192, **vision})
+    text = LlamaConfig(vocab_size=vocab_size, pad_token_id=PAD_ID, bos_token_id=2, eos_token_id=EOS_ID,
+                       rope_theta=10000.0, tie_word_embeddings=False, **text)
+    config = LlavaConfig(vision_config=vision, text_config=text, image_token_id=len(words) - 1,
                          vision_feature_layer=-2, vision_feature_select_strategy="default",
                          projector_hidden_act="gelu", image_seq_length=(IMAGE_SIZE // PATCH_SIZE) ** 2)
     for sub in (config, config.text_config, config.vision_config):
@@ -63,11 +69,12 @@ def shapes_llava_config(attn_implementation: str = "sdpa"):
     return config
 
 
-def shapes_tokenizer():
+def shapes_tokenizer(words: list[str] | None = None):
+    """The word-level tokenizer over ``words`` (default: shapes-llava's ``word_list()``)."""
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    vocab = {word: i for i, word in enumerate(word_list())}
+    vocab = {word: i for i, word in enumerate(word_list() if words is None else words)}
     backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     return PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", pad_token="<pad>",
@@ -75,7 +82,7 @@ def shapes_tokenizer():
                                    extra_special_tokens={"image_token": IMAGE_TOKEN})
 
 
-def shapes_processor():
+def shapes_processor(tokenizer=None, chat_template: str = CHAT_TEMPLATE):
     from transformers import LlavaProcessor
 
     try:
@@ -84,9 +91,9 @@ def shapes_processor():
         from transformers import CLIPImageProcessor as ImageProcessor
     images = ImageProcessor(size={"shortest_edge": IMAGE_SIZE}, crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE},
                             image_mean=list(CLIP_MEAN), image_std=list(CLIP_STD))
-    return LlavaProcessor(image_processor=images, tokenizer=shapes_tokenizer(), patch_size=PATCH_SIZE,
+    return LlavaProcessor(image_processor=images, tokenizer=tokenizer or shapes_tokenizer(), patch_size=PATCH_SIZE,
                           vision_feature_select_strategy="default", num_additional_image_tokens=1,
-                          chat_template=CHAT_TEMPLATE)
+                          chat_template=chat_template)
 
 
 def pixel_values(images: np.ndarray | torch.Tensor) -> torch.Tensor:
@@ -101,14 +108,19 @@ def pixel_values(images: np.ndarray | torch.Tensor) -> torch.Tensor:
 def load_shapes_llava(path: str | Path | None = None, device: str | torch.device = "cpu",
                       dtype: torch.dtype = torch.float32, attn_implementation: str = "sdpa"):
     """``(model, processor)`` of the shipped model (or a checkpoint at ``path``)."""
+    return load_checkpoint(path or SHAPES_LLAVA_DIR, "shapes-llava", "scripts/train_shapes_llava.py", device, dtype,
+                           attn_implementation)
+
+
+def load_checkpoint(path: str | Path, name: str, recipe: str, device, dtype, attn_implementation):
+    """``(model, processor)`` of a LLaVA checkpoint folder this project trains (``name``,
+    trained by ``recipe``: said when the folder holds none)."""
     from transformers import AutoProcessor, LlavaForConditionalGeneration
 
-    path = Path(path) if path is not None else SHAPES_LLAVA_DIR
+    path = Path(path)
     if not (path / "config.json").is_file():
-        raise FileNotFoundError(
-            f"no shapes-llava checkpoint at {path} (expected config.json and safetensors weights); "
-            "train one with scripts/train_shapes_llava.py"
-        )
+        raise FileNotFoundError(f"no {name} checkpoint at {path} (expected config.json and safetensors weights); "
+                                f"train one with {recipe}")
     model = LlavaForConditionalGeneration.from_pretrained(path, dtype=dtype, attn_implementation=attn_implementation)
     model.to(device).eval()
     model.generation_config.pad_token_id = PAD_ID

@@ -26,8 +26,16 @@ from pathlib import Path
 
 import torch
 
-from ..data.shapes2 import IMAGE_SIZE, PATCH_SIZE, SYSTEM_PROMPT, vocabulary
-from .shapes_llava import CLIP_MEAN, CLIP_STD, EOS_ID, IMAGE_TOKEN, PAD_ID, SPECIAL_TOKENS, pixel_values
+from ..data.shapes2 import SYSTEM_PROMPT, vocabulary
+from .shapes_llava import (
+    IMAGE_TOKEN,
+    SPECIAL_TOKENS,
+    llava_config,
+    load_checkpoint,
+    pixel_values,
+    shapes_processor,
+    shapes_tokenizer,
+)
 
 SHAPES_LLAVA2_DIR = Path(__file__).with_name("shapes-llava-2")
 #: "<s>" first, as Llama's tokenizer puts it before LLaVA's system prompt
@@ -56,60 +64,21 @@ def image_token_id() -> int:
 
 
 def shapes_llava2_config(attn_implementation: str = "sdpa"):
-    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig
-
-    if len(word_list()) > VOCAB_SIZE:
-        raise RuntimeError(f"ShapesVQA-2 vocabulary ({len(word_list())}) outgrew VOCAB_SIZE={VOCAB_SIZE}")
-    vision = CLIPVisionConfig(hidden_size=192, intermediate_size=768, num_hidden_layers=6, num_attention_heads=3,
-                              image_size=IMAGE_SIZE, patch_size=PATCH_SIZE, projection_dim=192)
-    text = LlamaConfig(hidden_size=224, intermediate_size=512, num_hidden_layers=32, num_attention_heads=4,
-                       num_key_value_heads=4, vocab_size=VOCAB_SIZE, max_position_embeddings=2048,
-                       pad_token_id=PAD_ID, bos_token_id=2, eos_token_id=EOS_ID, rope_theta=10000.0,
-                       tie_word_embeddings=False)
-    config = LlavaConfig(vision_config=vision, text_config=text, image_token_id=image_token_id(),
-                         vision_feature_layer=-2, vision_feature_select_strategy="default",
-                         projector_hidden_act="gelu", image_seq_length=(IMAGE_SIZE // PATCH_SIZE) ** 2)
-    for sub in (config, config.text_config, config.vision_config):
-        sub._attn_implementation = attn_implementation
-    return config
+    return llava_config(word_list(), VOCAB_SIZE, dict(num_attention_heads=3),
+                        dict(hidden_size=224, intermediate_size=512, num_hidden_layers=32, num_attention_heads=4,
+                             num_key_value_heads=4, max_position_embeddings=2048), attn_implementation)
 
 
 def shapes2_tokenizer():
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {word: i for i, word in enumerate(word_list())}
-    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    return PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", pad_token="<pad>",
-                                   bos_token="<s>", eos_token="</s>", padding_side="left",
-                                   extra_special_tokens={"image_token": IMAGE_TOKEN})
+    return shapes_tokenizer(word_list())
 
 
 def shapes2_processor():
-    from transformers import LlavaProcessor
-
-    try:
-        from transformers import CLIPImageProcessorPil as ImageProcessor
-    except ImportError:  # transformers without the split image-processor backends
-        from transformers import CLIPImageProcessor as ImageProcessor
-    images = ImageProcessor(size={"shortest_edge": IMAGE_SIZE}, crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE},
-                            image_mean=list(CLIP_MEAN), image_std=list(CLIP_STD))
-    return LlavaProcessor(image_processor=images, tokenizer=shapes2_tokenizer(), patch_size=PATCH_SIZE,
-                          vision_feature_select_strategy="default", num_additional_image_tokens=1,
-                          chat_template=CHAT_TEMPLATE)
+    return shapes_processor(shapes2_tokenizer(), CHAT_TEMPLATE)
 
 
 def load_shapes_llava2(path: str | Path | None = None, device: str | torch.device = "cpu",
                        dtype: torch.dtype = torch.float32, attn_implementation: str = "sdpa"):
     """``(model, processor)`` of the shipped shapes-llava-2 (or a checkpoint at ``path``)."""
-    from transformers import AutoProcessor, LlavaForConditionalGeneration
-
-    path = Path(path) if path is not None else SHAPES_LLAVA2_DIR
-    if not (path / "config.json").is_file():
-        raise FileNotFoundError(f"no shapes-llava-2 checkpoint at {path} (expected config.json and safetensors "
-                                "weights); train one with scripts/train_shapes_llava2.py")
-    model = LlavaForConditionalGeneration.from_pretrained(path, dtype=dtype, attn_implementation=attn_implementation)
-    model.to(device).eval()
-    model.generation_config.pad_token_id = PAD_ID
-    return model, AutoProcessor.from_pretrained(path)
+    return load_checkpoint(path or SHAPES_LLAVA2_DIR, "shapes-llava-2", "scripts/train_shapes_llava2.py", device,
+                           dtype, attn_implementation)
