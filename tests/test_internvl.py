@@ -168,7 +168,7 @@ def test_cli_generate_prunes_an_internvl_checkpoint(tmp_path, monkeypatch, capsy
     tiny_internvl(seed=0).save_pretrained(tmp_path)
     image = tmp_path / "square.png"
     Image.fromarray((np.random.default_rng(0).random((80, 80, 3)) * 255).astype("uint8")).save(image)
-    monkeypatch.setattr(visiondrop.inputs, "load_processor", lambda path, config: TinyInternVLProcessor())
+    monkeypatch.setattr(visiondrop.inputs, "load_processor", lambda path, config, **options: TinyInternVLProcessor())
     code = main(["generate", "--model", str(tmp_path), "--image", str(image), "--prompt", "what is this ?",
                  "--budget", "8", "--max-new-tokens", "3", "--device", "cpu"])
     out = capsys.readouterr().out

@@ -246,7 +246,7 @@ def test_cli_generate_prunes_a_qwen3_checkpoint(tmp_path, monkeypatch, capsys):
     Image.fromarray((np.random.default_rng(0).random((60, 90, 3)) * 255).astype("uint8")).save(image)
     # transformers builds Qwen3VLProcessor only with torchvision (its video processor)
     monkeypatch.setattr(visiondrop.inputs, "load_processor",
-                        lambda path, config: TinyQwenProcessor.from_pretrained(path))
+                        lambda path, config, **options: TinyQwenProcessor.from_pretrained(path))
     code = main(["generate", "--model", str(tmp_path), "--image", str(image), "--prompt", "what is this ?",
                  "--budget", "4", "--max-new-tokens", "3", "--device", "cpu"])
     out = capsys.readouterr().out
