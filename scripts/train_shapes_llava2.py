@@ -51,6 +51,7 @@ from visiondrop.zoo.shapes_llava2 import PROMPT, shapes2_processor, shapes2_toke
 TOKEN_IDS = {w: i for i, w in enumerate(word_list())}
 CAPTION_TOKENS = 40
 SETS_PER_CHAT = 2  # question sets per chat: 14 turns
+VISION_FILE = "vision_tower.safetensors"  # --stage vision's result (float32, 11 MB: a device call returns it)
 _IMAGES: np.ndarray | None = None  # shared memmap the workers write scenes into
 
 
@@ -160,33 +161,58 @@ def train(args) -> dict:  # noqa: PLR0915 (the stages, read top to bottom)
     captions = torch.from_numpy(data["captions"]).to(device)
     caption_counts = torch.from_numpy(data["caption_counts"]).to(device)
 
-    # 1. vision: CLIP-style contrastive
-    text_tower = CaptionEncoder(len(word_list()), 192, 128).to(device)
-    image_project = nn.Linear(vision.config.hidden_size, 128, bias=False).to(device)
-    log_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07), device=device))
-    params = [*vision.parameters(), *text_tower.parameters(), *image_project.parameters(), log_scale]
-    opt = torch.optim.AdamW(params, lr=args.vision_lr, weight_decay=0.05, betas=(0.9, 0.98))
+    # 1. vision: CLIP-style contrastive (or the tower an earlier call trained: --vision-from)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if args.vision_from is not None:
+        from safetensors.torch import load_file
 
-    def vision_step(step):
-        pick = torch.randint(len(images), (args.vision_batch,), device=device)
-        which = (torch.rand(len(pick), device=device) * caption_counts[pick]).long()
-        with torch.autocast(**amp):
-            image_embed = F.normalize(image_project(vision(pixel_values(images[pick])).pooler_output).float(), dim=-1)
-            text_embed = F.normalize(text_tower(captions[pick, which]).float(), dim=-1)
-        logits = image_embed @ text_embed.T * log_scale.clamp(max=math.log(100)).exp()
-        labels = torch.arange(len(pick), device=device)
-        loss = (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        return {"loss": loss.detach(), "acc": (logits.argmax(-1) == labels).float().mean()}
+        vision.load_state_dict(load_file(args.vision_from))
+        vision.eval().requires_grad_(False)
+        earlier = Path(args.vision_from).with_name("vision_log.json")
+        if earlier.is_file():  # the earlier call's record goes into this run's log
+            record = json.loads(earlier.read_text())
+            stages["vision"] = {"steps": record["steps"], "seconds": record["seconds"],
+                                "loaded_from": args.vision_from, "separate_call": record["command"]}
+            log.extend(record["log"])
+    else:
+        text_tower = CaptionEncoder(len(word_list()), 192, 128).to(device)
+        image_project = nn.Linear(vision.config.hidden_size, 128, bias=False).to(device)
+        log_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07), device=device))
+        params = [*vision.parameters(), *text_tower.parameters(), *image_project.parameters(), log_scale]
+        opt = torch.optim.AdamW(params, lr=args.vision_lr, weight_decay=0.05, betas=(0.9, 0.98))
 
-    vision.train()
-    stages["vision"] = timed_stage("vision", args.vision_seconds, args.max_steps, vision_step, opt, args.vision_lr,
-                                  args.warmup, log)
-    vision.eval().requires_grad_(False)
-    text_tower = image_project = opt = None
+        def vision_step(step):
+            pick = torch.randint(len(images), (args.vision_batch,), device=device)
+            which = (torch.rand(len(pick), device=device) * caption_counts[pick]).long()
+            with torch.autocast(**amp):
+                pooled = vision(pixel_values(images[pick])).pooler_output
+                image_embed = F.normalize(image_project(pooled).float(), dim=-1)
+                text_embed = F.normalize(text_tower(captions[pick, which]).float(), dim=-1)
+            logits = image_embed @ text_embed.T * log_scale.clamp(max=math.log(100)).exp()
+            labels = torch.arange(len(pick), device=device)
+            loss = (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+            return {"loss": loss.detach(), "acc": (logits.argmax(-1) == labels).float().mean()}
+
+        vision.train()
+        stages["vision"] = timed_stage("vision", args.vision_seconds, args.max_steps, vision_step, opt, args.vision_lr,
+                                      args.warmup, log)
+        vision.eval().requires_grad_(False)
+        text_tower = image_project = opt = None
+
+    if args.stage == "vision":  # a later call goes on with --vision-from (a device call lasts 10 minutes)
+        from safetensors.torch import save_file
+
+        save_file({k: v.detach().float().contiguous().cpu() for k, v in vision.state_dict().items()},
+                  out / VISION_FILE)
+        (out / "vision_log.json").write_text(json.dumps({"command": "python " + " ".join(sys.argv),
+                                                          **stages["vision"], "log": log}, indent=1) + "\n")
+        print(f"vision stage done: {out / VISION_FILE} (go on with --vision-from)", flush=True)
+        return {"total_seconds": round(time.time() - t0, 1)}
 
     # 2. text: the LM alone, every position
     documents = torch.from_numpy(data["documents"]).to(device)
@@ -286,8 +312,6 @@ def train(args) -> dict:  # noqa: PLR0915 (the stages, read top to bottom)
     model.eval()
     features = images = None
 
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     model.generation_config.pad_token_id = PAD_ID
     model.generation_config.eos_token_id = EOS_ID
     model.to(torch.float16).save_pretrained(out, max_shard_size=f"{args.shard_mb}MB")
@@ -341,6 +365,10 @@ def main(argv=None) -> int:
     parser.add_argument("--eval-scenes", type=int, default=shapes2.HELDOUT_SCENES)
     parser.add_argument("--shard-mb", type=int, default=15, help="checkpoint shard size (a device call returns "
                                                                  "files of at most 16 MiB)")
+    parser.add_argument("--stage", choices=("all", "vision"), default="all",
+                        help="'vision': train the tower only and save it to --out, so that the other stages can "
+                             "run longer in a later call with --vision-from")
+    parser.add_argument("--vision-from", default=None, help="skip the vision stage: load the tower from this file")
     parser.add_argument("--smoke", action="store_true", help="a seconds-long CPU run that checks the script")
     args = parser.parse_args(argv)
     if args.smoke:
@@ -350,6 +378,10 @@ def main(argv=None) -> int:
     for name in ("scenes", "workers", "max_steps", "vision_batch", "lm_batch", "eval_scenes", "shard_mb"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1")
+    if args.stage == "vision" and args.vision_from:
+        parser.error("--vision-from skips the vision stage; it cannot be combined with --stage vision")
+    if args.vision_from and not Path(args.vision_from).is_file():
+        parser.error(f"--vision-from: no such file {args.vision_from!r}")
     if args.eval_scenes > shapes2.HELDOUT_SCENES:
         parser.error(f"--eval-scenes must be <= {shapes2.HELDOUT_SCENES} (the held-out set)")
     summary = train(args)

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from visiondrop.data import shapes2
 from visiondrop.eval import vqa2
@@ -93,3 +94,26 @@ def test_committed_gate_tables_are_their_json(path):
     assert (proxy / f"{path}.md").read_text().strip() == table
     rows = [line for line in table.splitlines() if line.startswith("| ") and line[2].isdigit()]
     assert len(rows) == 6 and all(row in (proxy / "README.md").read_text() for row in rows)
+
+
+def test_vision_stage_in_one_call_then_the_rest_in_the_next(tmp_path):
+    """The two-call recipe: a device call lasts 10 minutes, and only the tower (11 MB) fits
+    beside the working tree on the way back in."""
+    from safetensors.torch import load_file
+
+    from visiondrop.zoo.shapes_llava2 import load_shapes_llava2
+
+    first, second = tmp_path / "vision", tmp_path / "model"
+    run_script("train_shapes_llava2.py", "--out", str(first), "--smoke", "--stage", "vision")
+    tower_file = first / "vision_tower.safetensors"
+    assert tower_file.is_file() and not (first / "config.json").exists()
+    saved = load_file(tower_file)
+    run_script("train_shapes_llava2.py", "--out", str(second), "--smoke", "--vision-from", str(tower_file))
+    model, _ = load_shapes_llava2(second)
+    tower = model.model.vision_tower.state_dict()
+    for name, value in saved.items():  # the later stages kept the loaded tower (saved in fp16)
+        assert torch.allclose(tower[name], value, atol=2e-3, rtol=1e-2), name
+    log = json.loads((second / "training_log.json").read_text())
+    assert log["stages"]["vision"]["loaded_from"] == str(tower_file)
+    assert [e["stage"] for e in log["log"]][:1] == ["vision"] and "--stage vision" in \
+        log["stages"]["vision"]["separate_call"]
