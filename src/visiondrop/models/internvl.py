@@ -38,7 +38,7 @@ import torch
 
 from ..core.layout import Segment
 from ..methods.base import ModelGeometry, PruningMethod
-from ..report import SegmentRecord, StageRecord
+from ..report import SegmentRecord
 from ..schedule import Schedule
 from ..timing import machinery
 from .base import ImageCounts, ModelAdapter
@@ -147,13 +147,7 @@ class InternVLAdapter(LlavaAdapter):
         if self.schedule.encoder is None:
             patches = [torch.arange(segment.length, device=device) for segment in segments]
             return patches, patches
-        if self._pending is None or self._pending[2].shape[0] != sum(self._tiles):
-            seen = 0 if self._pending is None else self._pending[2].shape[0]
-            raise RuntimeError(f"visiondrop: {sum(self._tiles)} tiles in input_ids but this call's encoder stage "
-                               f"saw {seen} (pass each image's pixel_values with its placeholders)")
-        reduction, encoder_patches, out_patches = self._pending
-        spec = self.schedule.encoder
-        record = StageRecord("encoder", None, encoder_patches.shape[1], spec.dominant, spec.contextual)
+        reduction, encoder_patches, out_patches, record = self._encoder_record(sum(self._tiles), "tiles")
         patches, tile = [], 0
         for image, (segment, tiles) in enumerate(zip(segments, self._tiles)):
             offsets = torch.arange(tiles, device=out_patches.device)[:, None] * self.llm_tokens

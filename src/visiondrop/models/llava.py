@@ -319,13 +319,7 @@ class LlavaAdapter(ForwardHooks, ModelAdapter):
         if self.schedule.encoder is None:
             patches = torch.arange(self.llm_tokens, device=device) - self.patch_offset
             return patches.expand(len(segments), -1), self.patch_offset
-        if self._pending is None or self._pending[2].shape[0] != len(segments):
-            seen = 0 if self._pending is None else self._pending[2].shape[0]
-            raise RuntimeError(f"visiondrop: {len(segments)} images in input_ids but this call's encoder stage "
-                               f"saw {seen} (pass each image's pixel_values with its placeholders)")
-        reduction, encoder_patches, out_patches = self._pending
-        spec = self.schedule.encoder
-        record = StageRecord("encoder", None, encoder_patches.shape[1], spec.dominant, spec.contextual)
+        reduction, encoder_patches, out_patches, record = self._encoder_record(len(segments), "images")
         record.segments = [
             SegmentRecord(row=segment.row, image=i, dominant=reduction.dominant[i],
                           targets=reduction.merge.targets[i], merged_into=reduction.merge.merged_into[i],
@@ -334,6 +328,18 @@ class LlavaAdapter(ForwardHooks, ModelAdapter):
         ]
         self.report.stages.insert(0, record)
         return out_patches.to(device), self.patch_offset
+
+    def _encoder_record(self, count: int, what: str):
+        """The last encoder stage's ``(reduction, encoder patch ids, output patch ids, record)``,
+        checked to cover the ``count`` images (tiles) of ``input_ids``."""
+        if self._pending is None or self._pending[2].shape[0] != count:
+            seen = 0 if self._pending is None else self._pending[2].shape[0]
+            raise RuntimeError(f"visiondrop: {count} {what} in input_ids but this call's encoder stage "
+                               f"saw {seen} (pass each image's pixel_values with its placeholders)")
+        reduction, encoder_patches, out_patches = self._pending
+        spec = self.schedule.encoder
+        record = StageRecord("encoder", None, encoder_patches.shape[1], spec.dominant, spec.contextual)
+        return reduction, encoder_patches, out_patches, record
 
     def _decode_step(self, kwargs, cache):
         checked = self._decode_tail(kwargs, cache, (self.image_token_id,), "image")
