@@ -6,7 +6,8 @@ LLaVA's in the ways pruning methods depend on (an 8-layer LM that reads the imag
 parts that matter, in transformers' own classes (``LlavaForConditionalGeneration``):
 
 - **LM: 32 Llama layers**, so every published layer index (FastV's 2, PyramidDrop's and
-  VisionDrop's 8 / 16 / 24) applies unscaled; narrow (hidden 224, 4 heads) so it ships. It is
+  VisionDrop's 8 / 16 / 24) applies unscaled; narrow (hidden 192, 4 heads) so it ships and, at 33 MiB
+  in float16, travels to a device call beside the repository. It is
   pre-trained on text first, and every prompt starts with a LLaVA-style system prompt of 33
   tokens before the image (``SYSTEM_PROMPT``).
 - **Vision tower trained CLIP-style**: contrastive against a small text encoder on generated
@@ -65,7 +66,7 @@ def image_token_id() -> int:
 
 def shapes_llava2_config(attn_implementation: str = "sdpa"):
     return llava_config(word_list(), VOCAB_SIZE, dict(num_attention_heads=3),
-                        dict(hidden_size=224, intermediate_size=512, num_hidden_layers=32, num_attention_heads=4,
+                        dict(hidden_size=192, intermediate_size=512, num_hidden_layers=32, num_attention_heads=4,
                              num_key_value_heads=4, max_position_embeddings=2048), attn_implementation)
 
 
