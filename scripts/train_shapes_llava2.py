@@ -159,12 +159,16 @@ def train(args) -> dict:  # noqa: PLR0915 (the stages, read top to bottom)
 
     from transformers import LlavaForConditionalGeneration
 
-    model = LlavaForConditionalGeneration(shapes_llava2_config()).to(device)
+    if args.init_from is not None:  # an earlier call's checkpoint trains on
+        model = LlavaForConditionalGeneration.from_pretrained(args.init_from, dtype=torch.float32).to(device)
+    else:
+        model = LlavaForConditionalGeneration(shapes_llava2_config()).to(device)
     vision, projector = model.model.vision_tower, model.model.multi_modal_projector
     lm, lm_head = model.model.language_model, model.lm_head
-    with torch.no_grad():
-        table = vision.embeddings.position_embedding.weight
-        table.copy_(sincos_position_embedding(shapes2.IMAGE_SIZE // shapes2.PATCH_SIZE, table.shape[1]))
+    if args.init_from is None:
+        with torch.no_grad():
+            table = vision.embeddings.position_embedding.weight
+            table.copy_(sincos_position_embedding(shapes2.IMAGE_SIZE // shapes2.PATCH_SIZE, table.shape[1]))
     images = torch.from_numpy(data["images"]).to(device)
     captions = torch.from_numpy(data["captions"]).to(device)
     caption_counts = torch.from_numpy(data["caption_counts"]).to(device)
@@ -173,7 +177,15 @@ def train(args) -> dict:  # noqa: PLR0915 (the stages, read top to bottom)
     # 1. vision: CLIP-style contrastive (or the tower an earlier call trained: --vision-from)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    if args.vision_from is not None:
+    if args.init_from is not None:
+        vision.eval().requires_grad_(False)
+        earlier = json.loads((Path(args.init_from) / "training_log.json").read_text())
+        for name, record in earlier["stages"].items():  # the earlier calls' record goes into this run's log
+            stages[f"{name} (earlier call)"] = record
+        stages["earlier calls"] = {"commands": earlier.get("earlier_commands", []) + [earlier["command"]],
+                                   "heldout_accuracy": earlier["heldout_accuracy"]}
+        log.extend(earlier["log"])
+    elif args.vision_from is not None:
         from safetensors.torch import load_file
 
         vision.load_state_dict(load_file(args.vision_from))
@@ -240,7 +252,7 @@ def train(args) -> dict:  # noqa: PLR0915 (the stages, read top to bottom)
         return {"loss": loss.detach()}
 
     lm.train()
-    stages["text"] = timed_stage("text", args.text_seconds, args.max_steps, text_step, opt, args.lm_lr, args.warmup,
+    stages["text"] = {"skipped": True} if args.text_seconds <= 0 else timed_stage("text", args.text_seconds, args.max_steps, text_step, opt, args.lm_lr, args.warmup,
                                 log)
     documents = opt = None
 
@@ -300,7 +312,7 @@ def train(args) -> dict:  # noqa: PLR0915 (the stages, read top to bottom)
         return multimodal_step(opt, list(projector.parameters()), text, targets, scenes)
 
     lm.eval()
-    stages["align"] = timed_stage("align", args.align_seconds, args.max_steps, align_step, opt, args.align_lr,
+    stages["align"] = {"skipped": True} if args.align_seconds <= 0 else timed_stage("align", args.align_seconds, args.max_steps, align_step, opt, args.align_lr,
                                  args.warmup, log)
 
     # 4. instruct: projector + LM on chats, loss on the answers
@@ -336,6 +348,7 @@ def train(args) -> dict:  # noqa: PLR0915 (the stages, read top to bottom)
     print("held-out accuracy:", json.dumps({k: round(v, 4) for k, v in accuracy.items()}), flush=True)
     summary = {
         "command": "python " + " ".join(sys.argv), "date": time.strftime("%Y-%m-%d"),
+        "earlier_commands": stages["earlier calls"]["commands"] if args.init_from else [],
         "device": torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or "cpu",
         "versions": {"torch": torch.__version__, "transformers": __import__("transformers").__version__,
                      "python": platform.python_version(), "numpy": np.__version__},
@@ -379,6 +392,9 @@ def main(argv=None) -> int:
                         help="'vision': train the tower only and save it to --out, so that the other stages can "
                              "run longer in a later call with --vision-from")
     parser.add_argument("--vision-from", default=None, help="skip the vision stage: load the tower from this file")
+    parser.add_argument("--init-from", default=None,
+                        help="train on from this checkpoint folder (an earlier call's; tower frozen); stages given "
+                             "0 seconds are skipped, e.g. --text-seconds 0 --align-seconds 0")
     parser.add_argument("--smoke", action="store_true", help="a seconds-long CPU run that checks the script")
     args = parser.parse_args(argv)
     if args.smoke:
@@ -390,6 +406,10 @@ def main(argv=None) -> int:
             parser.error(f"--{name.replace('_', '-')} must be >= 1")
     if args.stage == "vision" and args.vision_from:
         parser.error("--vision-from skips the vision stage; it cannot be combined with --stage vision")
+    if args.init_from and (args.vision_from or args.stage == "vision"):
+        parser.error("--init-from starts from a whole checkpoint: no --vision-from or --stage vision with it")
+    if args.init_from and not (Path(args.init_from) / "training_log.json").is_file():
+        parser.error(f"--init-from: {args.init_from!r} holds no training_log.json (a folder this script wrote)")
     if args.vision_from and not Path(args.vision_from).is_file():
         parser.error(f"--vision-from: no such file {args.vision_from!r}")
     if args.eval_scenes > shapes2.HELDOUT_SCENES:
