@@ -1,7 +1,8 @@
 """The proxy's gates (issue 21): does a small LLaVA-1.5-shaped model behave inside like the
 real one in the ways pruning methods depend on? Measured on held-out questions, through the
-library's own handles; the same script for shapes-llava (``--proxy 1``) and shapes-llava-2
-(``--proxy 2``). Thresholds are the issue's; the numbers are reported whether they pass or not.
+library's own handles; the same script for shapes-llava (``--proxy 1`` or ``shapes-llava``) and
+shapes-llava-2 (``--proxy 2`` or ``shapes-llava-2``), loaded and answered through
+:mod:`visiondrop.zoo.proxies`. Thresholds are the issue's; the numbers are reported whether they pass or not.
 
 1. **Image attention drops after the first layers, and a sink forms**: the last prompt token's
    attention share on image tokens (mean over heads and prompts) per layer; passes when the
@@ -35,44 +36,30 @@ import torch
 
 import visiondrop
 from visiondrop import Schedule
+from visiondrop.zoo.proxies import available_proxies, get_proxy
+
+VERSIONS = {"1": "shapes-llava", "2": "shapes-llava-2"}  # the --proxy numbers of the issue
 
 
 class Proxy:
     """A model, its held-out items and how it answers them."""
 
-    def __init__(self, version: int, path: str | None, device: str, questions: int) -> None:
-        self.version = version
-        if version == 1:
-            from visiondrop.data import shapes
-            from visiondrop.eval import vqa
-            from visiondrop.zoo.shapes_llava import PROMPT, load_shapes_llava
-
-            self.model, self.processor = load_shapes_llava(path, device=device)
-            self.items = vqa.items_of(shapes.heldout(), limit=questions)
-            self.prompt, self._vqa = PROMPT, vqa
-        else:
-            from visiondrop.data import shapes2
-            from visiondrop.eval import vqa2
-            from visiondrop.zoo.shapes_llava2 import PROMPT, load_shapes_llava2
-
-            self.model, self.processor = load_shapes_llava2(path, device=device)
-            self.items = vqa2.items_of(shapes2.heldout(), limit=questions)
-            self.prompt, self._vqa = PROMPT, vqa2
+    def __init__(self, name: str, path: str | None, device: str, questions: int) -> None:
+        self.spec = get_proxy(name)
+        self.model, self.processor = self.spec.load(path, device=device)
+        self.items = self.spec.items(questions)
+        self.prompt = self.spec.prompt
         self.layers = len(self.model.model.language_model.layers)
 
     def accuracy(self, method: str | None = None, **options) -> float:
         """Overall held-out accuracy (%) of the full model, or under ``method``."""
         handle = visiondrop.apply(self.model, method, **options) if method else None
         try:
-            if self.version == 1:
-                answers = self._vqa.answer(self.model, self.processor, self.items, batch_size=32)
-            else:
-                answers = self._vqa.answer(self.model, self.processor.tokenizer, self.prompt, self.items,
-                                           batch_size=32)
+            answers = self.spec.answer(self.model, self.processor, self.items, batch_size=32)
         finally:
             if handle is not None:
                 handle.remove()
-        return 100 * self._vqa.accuracy_by_kind(self.items, answers)["overall"]
+        return 100 * self.spec.accuracy_by_kind(self.items, answers)["overall"]
 
     def prompts(self, count: int) -> dict:
         """The first ``count`` items' prompts as one left-padded batch."""
@@ -209,9 +196,18 @@ def to_markdown(result: dict) -> str:
     return "\n".join(lines)
 
 
+def proxy_name(value: str) -> str:
+    """``--proxy``: 1, 2 or a registry name."""
+    name = VERSIONS.get(value, value)
+    if name not in available_proxies():
+        raise argparse.ArgumentTypeError(f"expected 1, 2 or one of {', '.join(available_proxies())}, got {value!r}")
+    return name
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--proxy", type=int, choices=(1, 2), default=2)
+    parser.add_argument("--proxy", type=proxy_name, default="shapes-llava-2",
+                        help="1 or shapes-llava, 2 or shapes-llava-2 (default)")
     parser.add_argument("--model", default=None, help="checkpoint folder (default: the shipped one)")
     parser.add_argument("--questions", type=int, default=350, help="held-out questions for the accuracy gates")
     parser.add_argument("--prompts", type=int, default=32, help="prompts for the attention gates")
@@ -224,8 +220,7 @@ def main(argv=None) -> int:
     gates = {"1": gate_attention(proxy, args.prompts), "2": gate_fastv(proxy, full),
              "3": gate_knockout(proxy, full), "4": gate_cls(proxy, args.prompts), "5": gate_bias(proxy, args.prompts),
              "6": gate_positions(proxy)}
-    result = {"metadata": {"model": f"shapes-llava{'' if args.proxy == 1 else '-2'}"
-                                    + (f" ({args.model})" if args.model else ""),
+    result = {"metadata": {"model": args.proxy + (f" ({args.model})" if args.model else ""),
                            "questions": len(proxy.items), "prompts": args.prompts, "device": str(args.device),
                            "date": time.strftime("%Y-%m-%d"), "seconds": round(time.time() - start, 1),
                            "versions": {"torch": torch.__version__,
@@ -234,7 +229,7 @@ def main(argv=None) -> int:
               "full_accuracy": full, "gates": gates}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    name = f"gates-shapes-llava{'' if args.proxy == 1 else '-2'}"
+    name = f"gates-{args.proxy}"
     (out / f"{name}.json").write_text(json.dumps(result, indent=1) + "\n")
     (out / f"{name}.md").write_text(to_markdown(result) + "\n")
     print(to_markdown(result))

@@ -95,3 +95,41 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
+
+
+def save_tiny_shapes_llava2(path, answers_yes: bool = False) -> str:
+    """A random shapes-llava-2 checkpoint (its 32 layers, its processor) saved at ``path``.
+
+    ``answers_yes`` rewires it to answer "yes" to every question, through two generated
+    tokens ("yes", then "</s>"): every layer adds nothing to the residual stream, every
+    token but "yes" (image tokens included) embeds as one unit vector, "yes" as another,
+    and the LM head maps the first to "yes" and the second to "</s>". So some questions
+    are right, and which ones is known."""
+    import torch
+    from transformers import LlavaForConditionalGeneration
+
+    from visiondrop.zoo.shapes_llava2 import shapes2_processor, shapes_llava2_config, word_list
+
+    torch.manual_seed(0)
+    model = LlavaForConditionalGeneration(shapes_llava2_config())
+    if answers_yes:
+        words = word_list()
+        yes, eos = words.index("yes"), words.index("</s>")
+        with torch.no_grad():
+            for layer in model.model.language_model.layers:
+                layer.self_attn.o_proj.weight.zero_()
+                layer.mlp.down_proj.weight.zero_()
+            embeddings = model.model.language_model.embed_tokens.weight
+            embeddings.zero_()
+            embeddings[:, 0] = 1.0
+            embeddings[yes] = 0.0
+            embeddings[yes, 1] = 1.0
+            model.model.multi_modal_projector.linear_2.weight.zero_()
+            model.model.multi_modal_projector.linear_2.bias.zero_()
+            model.model.multi_modal_projector.linear_2.bias[0] = 1.0
+            model.lm_head.weight.zero_()
+            model.lm_head.weight[yes, 0] = 1.0
+            model.lm_head.weight[eos, 1] = 1.0
+    model.save_pretrained(path)
+    shapes2_processor().save_pretrained(path)
+    return str(path)

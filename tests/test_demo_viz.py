@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import re
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
 from visiondrop.cli import main
+from visiondrop.data import shapes2
+from visiondrop.demo import _first_rows
 from visiondrop.report import SegmentRecord
 from visiondrop.viz import TINT, stage_panel
 
@@ -56,9 +61,33 @@ def test_demo_runs_on_the_shipped_model(tmp_path, capsys):
     assert (top < 100).any()  # the heading and the legend's swatches are drawn above the panels
 
 
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_demo_runs_on_shapes_llava_2(yes_shapes_llava2, tmp_path, capsys):
+    out = tmp_path / "demo.png"
+    assert main(["demo", "--proxy", "shapes-llava-2", "--model", yes_shapes_llava2, "--scenes", "1",
+                 "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    scene = shapes2.heldout(1)[0]
+    assert text.startswith("visiondrop demo: shapes-llava-2 (") and "32-layer Llama" in text
+    assert f"on 1 ShapesVQA-2 scenes, {len(scene.questions)} questions" in text
+    for question in scene.questions:  # every question of the scene, multi-token truths included
+        assert f"{question.text:<48} {question.answer:>8} " in text
+    right = sum(q.answer == "yes" for q in scene.questions) / len(scene.questions)  # the model says "yes"
+    for run in ("full", "budget 192", "budget 32"):
+        assert re.search(rf"\n{run} .* {right:.1%} ", text), run
+    assert "--proxy shapes-llava-2" in text
+    assert Image.open(out).width > 5 * 336
+
+
+def test_each_scene_is_drawn_with_its_first_question():
+    scenes = [SimpleNamespace(questions=[0] * 7), SimpleNamespace(questions=[0] * 6), SimpleNamespace(questions=[0])]
+    assert _first_rows(scenes) == [0, 7, 13]
+
+
 @pytest.mark.parametrize("args, detail", [(["--scenes", "0"], "num_scenes"),
                                           (["--figure-budget", "50"], "figure_budget"),
-                                          (["--model", "/nonexistent/folder"], "no shapes-llava checkpoint")])
+                                          (["--model", "/nonexistent/folder"], "no shapes-llava checkpoint"),
+                                          (["--proxy", "nope"], "--proxy: unknown 'nope'")])
 def test_demo_bad_arguments_exit_2(args, detail, capsys, tmp_path):
     assert main(["demo", "--out", str(tmp_path / "x.png"), *args]) == 2
     assert detail in capsys.readouterr().err

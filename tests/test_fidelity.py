@@ -120,7 +120,7 @@ def test_entries_and_metadata(result, items):
     meta = result.metadata
     assert (meta.questions, meta.scenes, meta.limit) == (LIMIT, 2, LIMIT)
     assert meta.fingerprint == shapes.fingerprint(shapes.heldout(2))
-    assert meta.kinds == shapes.KINDS
+    assert meta.kinds == shapes.KINDS and meta.proxy == "shapes-llava"
     assert [meta.kinds[int(k)] for k in meta.item_kinds] == [it.question.kind for it in items]
     assert set(meta.versions) == {"visiondrop", "torch", "transformers", "python"}
     assert (meta.device, meta.dtype, meta.batch_size, meta.command, meta.model) == ("cpu", "float32", 8, "pytest",
@@ -195,6 +195,7 @@ def test_json_round_trip(result, tmp_path):
     assert load(tmp_path / "out") == result  # the folder works too
     data = json.loads(paths["json"].read_text())
     assert data["format"] == "visiondrop-fidelity" and data["version"] == 1
+    assert data["metadata"]["proxy"] == "shapes-llava"
     assert data["entries"][0]["budget"] is None and data["entries"][0]["method"] == "full"
     assert paths["markdown"].read_text() == fidelity.to_markdown(result)
 
@@ -315,7 +316,7 @@ def _fail_if_answering(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("answered questions before validating the arguments")
 
-    monkeypatch.setattr(fidelity, "answer", refuse)
+    monkeypatch.setattr(fidelity, "_run_all", refuse)
 
 
 @pytest.mark.parametrize(("kwargs", "parameter", "detail"), [

@@ -74,6 +74,8 @@ MISTAKES = [  # (argv with {image} and {empty} filled in, the flag the one-line 
     (["bench", "--methods", "nosuch"], "--methods:"),
     (["bench", "--config", "llava-1.5-7b", "--device", "cpu"], "--config: llava-1.5-7b with random weights needs"),
     (["fidelity", "--budgets", "x"], "--budgets:"),
+    (["fidelity", "--proxy", "nope"], "--proxy: unknown 'nope'; available: shapes-llava, shapes-llava-2"),
+    (["demo", "--proxy", "nope", "--out", "{empty}/d.png"], "--proxy: unknown 'nope'"),
 ]
 CUDA_MISTAKES = [
     ["generate", "--model", SHIPPED, "--image", "{image}", "--prompt", "hi", "--device", "cuda"],

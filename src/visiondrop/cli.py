@@ -8,6 +8,10 @@ import shlex
 import sys
 
 FIDELITY_BUDGETS = (192, 128, 64, 32, 16)  # as visiondrop.eval.fidelity.DEFAULT_BUDGETS (not imported: lazy)
+# as visiondrop.zoo.proxies.available_proxies(), the default first (not imported: it imports torch)
+PROXIES = ("shapes-llava", "shapes-llava-2")
+PROXY_HELP = ("proxy model: shapes-llava (default; ShapesVQA, the regression guard) or shapes-llava-2 "
+              "(ShapesVQA-2, the proxy meant to rank methods)")
 
 
 def _budget(value: str) -> int | None:
@@ -104,23 +108,34 @@ def build_parser() -> argparse.ArgumentParser:
     bias_command.add_parser(commands)
     study_command.add_parser(commands)
     commands.add_parser("methods", help="list the pruning methods")
-    demo = commands.add_parser("demo", help="VisionDrop end to end on the shipped shapes-llava, on CPU")
-    demo.add_argument("--scenes", type=int, default=4, help="held-out scenes to ask about, 6 questions each (1-16)")
+    demo = commands.add_parser("demo", help="VisionDrop end to end on a shipped proxy model (shapes-llava), on CPU")
+    demo.add_argument("--scenes", type=int, default=4,
+                      help="held-out scenes to ask about, each with its questions (1-16)")
     demo.add_argument("--figure-budget", type=int, default=64, help="budget whose stages the PNG shows")
     demo.add_argument("--out", default="visiondrop-demo.png", help="PNG to write")
-    demo.add_argument("--model", default=None, help="checkpoint folder (default: the shipped model)")
+    demo.add_argument("--proxy", default=PROXIES[0], help=PROXY_HELP)
+    demo.add_argument("--model", default=None, help="checkpoint folder of the proxy (default: the shipped one)")
 
     fid = commands.add_parser(
         "fidelity", help="ShapesVQA accuracy of every method at several budgets (tables and plot)",
-        description="Answer the ShapesVQA held-out questions with the full model and with every pruning method "
-                    "at every budget; write fidelity.json, fidelity.md and fidelity.png.")
+        description="Answer a proxy model's held-out questions (ShapesVQA or ShapesVQA-2) with the full model and "
+                    "with every pruning method at every budget; write fidelity.json, fidelity.md and fidelity.png.")
+    fid.add_argument("--proxy", default=PROXIES[0], help=PROXY_HELP)
     fid.add_argument("--model", default=None,
-                     help="shapes-llava checkpoint folder (default: the shipped model in visiondrop/zoo/shapes-llava)")
-    fid.add_argument("--methods", default=None, help="comma list of methods (default: every registered method)")
+                     help="checkpoint folder of the proxy (default: the shipped one, in visiondrop/zoo/<proxy>)")
+    fid.add_argument("--methods", default=None,
+                     help="comma list of methods, each with options if any: visiondrop[positions=keep] (default: "
+                          "every registered method, and visiondrop[positions=keep] unless --positions is given)")
+    fid.add_argument("--positions", choices=("reindex", "keep", "both"), default=None,
+                     help="position ids after pruning for every method: reindex, keep, or both (each method run "
+                          "twice, labelled name[positions=reindex] and name[positions=keep]); a method spec that "
+                          "sets positions keeps its own (default: each method's own)")
     fid.add_argument("--budgets", default=",".join(map(str, FIDELITY_BUDGETS)),
                      help="comma list of visual-token budgets; the full model always runs "
                           f"(default {','.join(map(str, FIDELITY_BUDGETS))})")
-    fid.add_argument("--limit", default=None, help="only the first N held-out questions (default: all 2,040)")
+    fid.add_argument("--limit", default=None,
+                     help="only the first N held-out questions (default: all: 2,040 for shapes-llava, 2,099 for "
+                          "shapes-llava-2)")
     fid.add_argument("--batch-size", default="32", help="questions per forward pass (default 32)")
     fid.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available, else cpu)")
     fid.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
@@ -330,8 +345,10 @@ def demo(args: argparse.Namespace) -> int:
     from .demo import run
 
     try:
-        return run(num_scenes=args.scenes, figure_budget=args.figure_budget, out=args.out, model_path=args.model)
-    except (ValueError, FileNotFoundError) as error:
+        proxy = _proxy(args.proxy)
+        return run(num_scenes=args.scenes, figure_budget=args.figure_budget, out=args.out, model_path=args.model,
+                   proxy=proxy)
+    except (_BadArgument, ValueError, FileNotFoundError) as error:
         print(f"visiondrop: {error}", file=sys.stderr)
         return 2
 
@@ -352,20 +369,30 @@ def _positive_int(option: str, value: str, most: int | None = None) -> int:
     return number
 
 
+def _proxy(name: str):
+    """The proxy ``--proxy`` names (a one-line error listing the names otherwise)."""
+    if name not in PROXIES:  # checked here: the registry's import costs torch
+        raise _BadArgument("--proxy", f"unknown {name!r}; available: {', '.join(PROXIES)}")
+    from .zoo.proxies import get_proxy
+
+    return get_proxy(name)
+
+
 def _fidelity_options(args: argparse.Namespace):
-    """Everything but the model checked: (methods, budgets, limit, batch_size, device, dtype)."""
+    """Everything but the model checked: (proxy, methods, budgets, limit, batch_size, device, dtype)."""
     import torch
 
     from .eval import fidelity as fid
 
+    proxy = _proxy(args.proxy)
     try:
         if args.methods is None:
-            methods = fid.normalize_methods(None)
+            methods = fid.normalize_methods(None, args.positions)
         else:
             names = [name.strip() for name in args.methods.split(",")]
             if not all(names):
                 raise _BadArgument("--methods", f"expected a comma list of method names, got {args.methods!r}")
-            methods = fid.normalize_methods(names)
+            methods = fid.normalize_methods(names, args.positions)
         budgets = []
         for word in (w.strip() for w in args.budgets.split(",")):
             if word == "full":
@@ -378,7 +405,7 @@ def _fidelity_options(args: argparse.Namespace):
         budgets = fid.normalize_budgets(budgets)
     except fid.FidelityConfigError as error:
         raise _BadArgument("--" + error.parameter.replace("_", "-"), error.message) from None
-    limit = None if args.limit is None else _positive_int("--limit", args.limit, fid.HELDOUT_QUESTIONS)
+    limit = None if args.limit is None else _positive_int("--limit", args.limit, proxy.heldout_questions)
     batch_size = _positive_int("--batch-size", args.batch_size)
     try:
         device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -387,14 +414,14 @@ def _fidelity_options(args: argparse.Namespace):
     if device.type == "cuda" and not torch.cuda.is_available():
         raise _BadArgument("--device", f"{args.device!r} asked for, but CUDA is not available")
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[args.dtype]
-    return methods, budgets, limit, batch_size, device, dtype
+    return proxy, methods, budgets, limit, batch_size, device, dtype
 
 
 def fidelity(args: argparse.Namespace, argv: list[str]) -> int:
     from pathlib import Path
 
     try:
-        methods, budgets, limit, batch_size, device, dtype = _fidelity_options(args)
+        proxy, methods, budgets, limit, batch_size, device, dtype = _fidelity_options(args)
         out = Path(args.out)
         if out.exists() and not out.is_dir():
             raise _BadArgument("--out", f"{args.out!r} exists and is not a folder")
@@ -402,13 +429,10 @@ def fidelity(args: argparse.Namespace, argv: list[str]) -> int:
         print(f"visiondrop: {error}", file=sys.stderr)
         return 2
 
-    from .data import shapes
     from .eval import fidelity as fid
-    from .eval.vqa import items_of
-    from .zoo.shapes_llava import load_shapes_llava
 
     try:
-        model, processor = load_shapes_llava(args.model, device=device, dtype=dtype)
+        model, processor = proxy.load(args.model, device=device, dtype=dtype)
     except (FileNotFoundError, OSError) as error:
         print(f"visiondrop: --model: {error}", file=sys.stderr)
         return 2
@@ -417,11 +441,10 @@ def fidelity(args: argparse.Namespace, argv: list[str]) -> int:
     except fid.FidelityConfigError as error:
         print(f"visiondrop: --{error.parameter.replace('_', '-')}: {error.message}", file=sys.stderr)
         return 2
-    questions = limit or shapes.HELDOUT_SCENES * len(shapes.KINDS)
-    items = items_of(shapes.heldout(min(shapes.HELDOUT_SCENES, -(-questions // len(shapes.KINDS)))), limit)
-    result = fid.run_fidelity(model, processor, items, methods, budgets, batch_size=batch_size,
-                          model_name="shapes-llava" if args.model is None else args.model,
-                          command="visiondrop " + shlex.join(argv))
+    # methods are already run under --positions (normalize_methods), so none is passed on
+    result = fid.run_fidelity(model, processor, proxy.items(limit), methods, budgets, batch_size=batch_size,
+                              model_name=proxy.name if args.model is None else args.model,
+                              command="visiondrop " + shlex.join(argv), proxy=proxy)
     paths = fid.save(result, out)
     print(fid.to_markdown(result))
     for path in paths.values():

@@ -1,10 +1,10 @@
-"""``visiondrop demo``: VisionDrop on the shipped shapes-llava, start to finish, on CPU.
+"""``visiondrop demo``: VisionDrop on a shipped proxy model (shapes-llava by default), start to finish, on CPU.
 
-Draws a few ShapesVQA scenes (from the held-out set), asks the six questions of
-each with the full model and with VisionDrop at budgets 192, 128, 64 and 32 (greedy
-``generate``, the real cached path), prints the answers, accuracy and wall time
-per budget, and writes a PNG showing, for each scene, which patches every stage
-kept and which it merged into contextual tokens.
+Draws a few scenes from the proxy's held-out set (ShapesVQA for shapes-llava, ShapesVQA-2
+for ``proxy="shapes-llava-2"``), asks each scene's questions with the full model and with
+VisionDrop at budgets 192, 128, 64 and 32 (greedy ``generate``, the real cached path),
+prints the answers, accuracy and wall time per budget, and writes a PNG showing, for each
+scene, which patches every stage kept and which it merged into contextual tokens.
 """
 
 from __future__ import annotations
@@ -17,10 +17,9 @@ from tqdm.auto import tqdm
 
 import visiondrop
 
-from .data import shapes
-from .eval.vqa import accuracy_by_kind, answer, items_of
+from .eval.vqa import items_of
 from .viz import pruning_figure
-from .zoo.shapes_llava import load_shapes_llava
+from .zoo.proxies import DEFAULT_PROXY, Proxy, get_proxy
 
 BUDGETS = (192, 128, 64, 32)
 MAX_SCENES = 16  # all questions go through in one batch (the picture needs one report)
@@ -28,7 +27,8 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 
 
 def run(num_scenes: int = 4, figure_budget: int = 64, out: str | Path = "visiondrop-demo.png",
-        model_path: str | Path | None = None, threads: int | None = None) -> int:
+        model_path: str | Path | None = None, threads: int | None = None, proxy: str | Proxy = DEFAULT_PROXY) -> int:
+    proxy = proxy if isinstance(proxy, Proxy) else get_proxy(proxy)
     if not 1 <= num_scenes <= MAX_SCENES:
         raise ValueError(f"num_scenes must be in [1, {MAX_SCENES}], got {num_scenes}")
     if figure_budget not in BUDGETS:
@@ -39,21 +39,22 @@ def run(num_scenes: int = 4, figure_budget: int = 64, out: str | Path = "visiond
     if threads:
         torch.set_num_threads(threads)
     start = time.perf_counter()
-    model, processor = load_shapes_llava(model_path)
-    scenes = shapes.heldout(num_scenes)
+    model, processor = proxy.load(model_path)
+    scenes = proxy.heldout(num_scenes)
     items = items_of(scenes)
-    print(f"visiondrop demo: shapes-llava (LLaVA-1.5 in miniature: CLIP ViT 336/14 with CLS, 576 patches, "
-          f"{model.config.text_config.num_hidden_layers}-layer Llama) on {len(scenes)} ShapesVQA scenes, "
+    print(f"visiondrop demo: {proxy.name} (LLaVA-1.5 in miniature: CLIP ViT 336/14 with CLS, 576 patches, "
+          f"{model.config.text_config.num_hidden_layers}-layer Llama) on {len(scenes)} {proxy.dataset} scenes, "
           f"{len(items)} questions, CPU\n")
 
     runs: list[tuple[str, object, list[str], float]] = []
     figure_report = figure_answers = None
     with torch.inference_mode():
-        answer(model, processor, items[:1], generate=True)  # warm-up, so no timing below includes first-call costs
+        # warm-up, so no timing below includes first-call costs
+        proxy.answer(model, processor, items[:1], generate=True)
         for budget in tqdm([None, *BUDGETS], desc="budgets", unit="run"):
             handle = None if budget is None else visiondrop.apply(model, budget=budget)
             tic = time.perf_counter()
-            answers = answer(model, processor, items, batch_size=len(items), generate=True)
+            answers = proxy.answer(model, processor, items, batch_size=len(items), generate=True)
             seconds = time.perf_counter() - tic
             if handle is not None:
                 if budget == figure_budget:
@@ -67,26 +68,38 @@ def run(num_scenes: int = 4, figure_budget: int = 64, out: str | Path = "visiond
     print(f"{'question':<48} {'truth':>8} " + " ".join(f"{n:>8}" for n in names))
     for k, item in enumerate(items):
         given = [r[2][k] for r in runs]
-        marks = " ".join(f"{g + ('' if g == item.question.answer else '*'):>8}" for g in given)
+        marks = " ".join(f"{g + ('' if g.split() == item.question.answer.split() else '*'):>8}" for g in given)
         print(f"{item.question.text:<48} {item.question.answer:>8} {marks}")
     print("(* = wrong)\n")
     print(f"{'run':<11} {'schedule (dominant+contextual per stage)':<58} {'accuracy':>8} {'seconds':>8}")
     for name, schedule, answers, seconds in runs:
-        accuracy = accuracy_by_kind(items, answers)["overall"]
+        accuracy = proxy.accuracy_by_kind(items, answers)["overall"]
         print(f"{name:<11} {str(schedule):<58} {accuracy:>8.1%} {seconds:>8.2f}")
-    first_rows = [k * len(shapes.KINDS) for k in range(len(scenes))]  # each scene's first question
+    first_rows = _first_rows(scenes)
     full_answers = runs[0][2]
     notes = [f"Q: {items[r].question.text}   truth: {items[r].question.answer}   full model: {full_answers[r]}   "
              f"budget {figure_budget}: {figure_answers[r]}" for r in first_rows]
     figure = pruning_figure([s.image for s in scenes], figure_report, first_rows,
                             model.config.vision_config.patch_size, titles=[f"scene {s.index}" for s in scenes],
-                            heading=f"shapes-llava, VisionDrop at budget {figure_budget}: what each stage kept "
-                                    "(a regression guard, not real LLaVA)", notes=notes)
+                            heading=proxy.figure_heading(f"VisionDrop at budget {figure_budget}: what each stage "
+                                                         "kept"), notes=notes)
     if figure is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
         figure.save(out)
         print(f"\nwrote {out}: what each stage kept at budget {figure_budget} (bright, white outline: dominant; "
               "tinted: merged into a contextual token, one colour each; dark: dropped)")
-    print(f"done in {time.perf_counter() - start:.1f}s. Full benchmark: `visiondrop fidelity` "
-          "(results in docs/fidelity/).")
+    if proxy.name == DEFAULT_PROXY:
+        benchmark = "`visiondrop fidelity` (results in docs/fidelity/)"
+    else:
+        benchmark = f"`visiondrop fidelity --proxy {proxy.name}`"
+    print(f"done in {time.perf_counter() - start:.1f}s. Full benchmark: {benchmark}.")
     return 0
+
+
+def _first_rows(scenes) -> list[int]:
+    """Each scene's first question's row in the batch (scenes may ask different numbers of questions)."""
+    rows, row = [], 0
+    for scene in scenes:
+        rows.append(row)
+        row += len(scene.questions)
+    return rows

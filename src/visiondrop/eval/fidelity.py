@@ -1,6 +1,8 @@
-"""The fidelity benchmark: ShapesVQA accuracy of every pruning method at several budgets.
+"""The fidelity benchmark: a proxy model's held-out accuracy under every pruning method at several budgets.
 
-:func:`run_fidelity` answers the same questions once with the full (unpruned) model
+The proxy (:mod:`visiondrop.zoo.proxies`: shapes-llava on ShapesVQA by default, or
+shapes-llava-2 on ShapesVQA-2) gives the questions, their kinds and how an answer is
+read. :func:`run_fidelity` answers the same questions once with the full (unpruned) model
 and once per (method, budget) pair, and returns a :class:`FidelityResult`: for each
 run the accuracy per question kind, overall, the percent of the full model's overall
 accuracy, wall seconds, and which questions it got right (``correct``, one
@@ -19,14 +21,18 @@ what a regression test on a few questions compares against.
                   "device_name", "dtype", "batch_size", "versions" {"visiondrop",
                   "torch", "transformers", "python"}, "questions", "scenes",
                   "limit" (null: the whole held-out set; else the first ``limit``
-                  questions), "fingerprint" (shapes.fingerprint of the scenes used),
+                  questions), "fingerprint" (the proxy's fingerprint of the scenes used),
                   "kinds" (list), "item_kinds" (one digit per question: its index
-                  in "kinds"), "seconds" (total)},
+                  in "kinds"), "seconds" (total), "proxy" (its registry name; absent in
+                  files written before there were two: then "shapes-llava")},
      "entries": [{"method", "budget" (null for "full"), "accuracy" {kind: 0-1, ...,
                   "overall"}, "percent_of_full" (null when the full model scores 0),
                   "correct" ("0101..."), "seconds"}, ...]}
 
-The first entry is always the full model (method ``"full"``, budget null).
+The first entry is always the full model (method ``"full"``, budget null). A method
+spec with options (``visiondrop[positions=keep]``) is its entries' ``method``;
+``positions="both"`` runs each method as ``name[positions=reindex]`` and
+``name[positions=keep]`` (:func:`with_positions`).
 """
 
 from __future__ import annotations
@@ -42,10 +48,9 @@ from dataclasses import dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
 
-from ..data import shapes
-from ..data.shapes import KINDS
 from ..schedule import BudgetInfeasible
-from .vqa import Item, accuracy_by_kind, answer
+from ..zoo.proxies import DEFAULT_PROXY, Proxy, get_proxy
+from .vqa import Item
 
 FORMAT = "visiondrop-fidelity"
 VERSION = 1
@@ -54,14 +59,17 @@ DEFAULT_BUDGETS = (192, 128, 64, 32, 16)
 # Named options worth a line of their own by default: VisionDrop with RoPE positions
 # kept (the release renumbers them; see docs/faithfulness.md).
 DEFAULT_VARIANTS = ("visiondrop[positions=keep]",)
-HELDOUT_QUESTIONS = shapes.HELDOUT_SCENES * len(KINDS)
+#: ``positions=``: None runs each method with its own default position policy; a policy
+#: runs every method with it, "both" with each (labelled ``name[positions=...]``).
+POSITION_CHOICES = ("reindex", "keep", "both")
+HELDOUT_QUESTIONS = get_proxy(DEFAULT_PROXY).heldout_questions  # shapes-llava's; others: their Proxy's
 JSON_NAME, MARKDOWN_NAME, PLOT_NAME = "fidelity.json", "fidelity.md", "fidelity.png"
 _TOLERANCE = 1e-9
 
 
 class FidelityConfigError(ValueError):
     """A bad argument of the benchmark, found before any compute. ``parameter``
-    names it (``methods``, ``budgets``, ``batch_size``, ``items``)."""
+    names it (``methods``, ``budgets``, ``batch_size``, ``items``, ``positions``, ``proxy``)."""
 
     def __init__(self, parameter: str, message: str) -> None:
         super().__init__(f"{parameter}: {message}")
@@ -117,6 +125,7 @@ class Metadata:
     kinds: tuple[str, ...]
     item_kinds: str
     seconds: float
+    proxy: str = DEFAULT_PROXY
 
 
 @dataclass(frozen=True)
@@ -182,17 +191,19 @@ def slice_accuracy(entry: Entry, n: int) -> float:
 
 
 def check_arguments(model, methods: Iterable[str] | str | None = None, budgets: Iterable[int] = DEFAULT_BUDGETS,
-                    batch_size: int = 32) -> tuple[list[str], list[int], dict[tuple[str, int], str]]:
+                    batch_size: int = 32, positions: str | None = None
+                    ) -> tuple[list[str], list[int], dict[tuple[str, int], str]]:
     """Validate the benchmark's arguments for ``model`` without running it.
 
-    Returns ``(methods, budgets)``: the method names (all registered when None) and
-    the budgets, largest first. Every (method, budget) pair is applied to the model
-    and removed again, so a budget the model cannot take (more than its visual
-    tokens per image) fails here.
+    Returns ``(methods, budgets, infeasible)``: the method specs
+    (:func:`normalize_methods`), the budgets, largest first, and why each infeasible
+    (method, budget) pair is. Every pair is applied to the model and removed again, so
+    a budget the model cannot take (more than its visual tokens per image), or a
+    position policy a method refuses, fails here.
 
     Raises:
-        FidelityConfigError: (a ValueError) naming ``methods``, ``budgets`` or
-            ``batch_size``.
+        FidelityConfigError: (a ValueError) naming ``methods``, ``budgets``,
+            ``batch_size`` or ``positions``.
         RuntimeError: the model already has an active pruning handle (the full run
             must be unpruned).
     """
@@ -200,7 +211,7 @@ def check_arguments(model, methods: Iterable[str] | str | None = None, budgets: 
     from visiondrop.api import _HANDLE_ATTR
     from visiondrop.models import adapter_for
 
-    method_list = normalize_methods(methods)
+    method_list = normalize_methods(methods, positions)
     budget_list = normalize_budgets(budgets)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise FidelityConfigError("batch_size", f"must be an int >= 1, got {batch_size!r}")
@@ -244,13 +255,16 @@ def parse_method(spec: str) -> tuple[str, dict]:
         raise FidelityConfigError("methods", str(error)) from None
 
 
-def normalize_methods(methods: Iterable[str] | str | None) -> list[str]:
-    """Method specs (``name`` or ``name[key=value;...]``), checked; None means every
-    registered method plus :data:`DEFAULT_VARIANTS`."""
+def normalize_methods(methods: Iterable[str] | str | None, positions: str | None = None) -> list[str]:
+    """Method specs (``name`` or ``name[key=value;...]``), checked, then run under
+    ``positions`` (:func:`with_positions`). None means every registered method, plus
+    :data:`DEFAULT_VARIANTS` when ``positions`` is None (a policy given replaces them)."""
     from visiondrop import available_methods
 
     available = list(available_methods())
     if methods is None:
+        if positions is not None:
+            return with_positions(available, positions)
         return available + [v for v in DEFAULT_VARIANTS if parse_method(v)[0] in available]
     names = [methods] if isinstance(methods, str) else list(methods)
     for name in names:
@@ -262,7 +276,42 @@ def normalize_methods(methods: Iterable[str] | str | None) -> list[str]:
     duplicates = sorted({name for name in names if names.count(name) > 1})
     if duplicates:
         raise FidelityConfigError("methods", f"listed more than once: {duplicates}")
-    return names
+    return with_positions(names, positions)
+
+
+def with_positions(specs: Sequence[str], positions: str | None) -> list[str]:
+    """Method specs run under a position policy: None leaves them as given; "reindex" or
+    "keep" adds ``positions=`` to each; "both" makes two of each, ``name[positions=reindex]``
+    then ``name[positions=keep]``.
+
+    A spec that sets ``positions`` itself stays as given, and so does a method whose config
+    has no ``positions`` option (nothing to vary: it runs once). A method with the option
+    that refuses one of the policies fails in :func:`check_arguments`, before any compute.
+    Specs that come out the same run once.
+    """
+    from visiondrop.methods import get_method
+    from visiondrop.methods.options import option_types
+
+    if positions is None:
+        return list(specs)
+    if positions not in POSITION_CHOICES:
+        raise FidelityConfigError("positions", f"must be one of {POSITION_CHOICES} or None, got {positions!r}")
+    policies = ("reindex", "keep") if positions == "both" else (positions,)
+    expanded: list[str] = []
+    for spec in specs:
+        name, options = parse_method(spec)
+        fixed = "positions" in options or "positions" not in option_types(get_method(name).Config)
+        for variant in [spec] if fixed else [_with_option(spec, "positions", p) for p in policies]:
+            if variant not in expanded:
+                expanded.append(variant)
+    return expanded
+
+
+def _with_option(spec: str, key: str, value: str) -> str:
+    """``name[a=1]`` -> ``name[a=1;key=value]``; ``name`` -> ``name[key=value]``."""
+    name, _, rest = spec.partition("[")
+    options = rest.removesuffix("]").strip("; ")
+    return f"{name}[{options + ';' if options else ''}{key}={value}]"
 
 
 def normalize_budgets(budgets: Iterable[int]) -> list[int]:
@@ -283,31 +332,35 @@ def normalize_budgets(budgets: Iterable[int]) -> list[int]:
 
 def run_fidelity(model, processor, items: Sequence[Item], methods: Iterable[str] | str | None = None,
                  budgets: Iterable[int] = DEFAULT_BUDGETS, batch_size: int = 32, progress: bool = True, *,
-                 model_name: str | None = None, command: str | None = None) -> FidelityResult:
+                 model_name: str | None = None, command: str | None = None, positions: str | None = None,
+                 proxy: str | Proxy = DEFAULT_PROXY) -> FidelityResult:
     """Accuracy of the full model and of every method at every budget on ``items``.
 
     Args:
-        model, processor: a LLaVA model (any device and dtype) and its processor.
-        items: the questions, e.g. ``items_of(shapes.heldout(), limit)``.
-        methods: method names; None runs every registered method.
+        model, processor: the proxy's model (any device and dtype) and its processor.
+        items: the questions, e.g. ``get_proxy(name).items(limit)``.
+        methods: method specs; None runs every registered method (and, without
+            ``positions``, :data:`DEFAULT_VARIANTS`).
         budgets: visual tokens per image; the full model always runs too.
-        batch_size: questions per forward pass.
+        batch_size: questions per batch.
         progress: a progress bar over the runs.
         model_name: recorded in the metadata (default: the checkpoint's folder name).
         command: recorded in the metadata (default: this process's command line).
+        positions: None (each method's own policy), "reindex", "keep" or "both"
+            (:func:`with_positions`).
+        proxy: the proxy model (a :mod:`visiondrop.zoo.proxies` name or
+            :class:`~visiondrop.zoo.proxies.Proxy`): its question kinds, answering and
+            fingerprint.
 
     Every argument is checked first (:func:`check_arguments`); nothing runs if one
     is bad.
     """
     import torch
 
-
+    proxy = _resolve_proxy(proxy)
     items = list(items)
-    if not items:
-        raise FidelityConfigError("items", "no questions to answer")
-    method_list, budget_list, infeasible = check_arguments(model, methods, budgets, batch_size)
-    if len(KINDS) > 10:  # item_kinds stores one digit per question
-        raise RuntimeError("item_kinds needs one digit per kind; more than 10 kinds")
+    _check_items(items, proxy)
+    method_list, budget_list, infeasible = check_arguments(model, methods, budgets, batch_size, positions)
 
     param = next(model.parameters())
     sync = (lambda: torch.cuda.synchronize(param.device)) if param.device.type == "cuda" else (lambda: None)
@@ -317,8 +370,8 @@ def run_fidelity(model, processor, items: Sequence[Item], methods: Iterable[str]
     if param.dtype == torch.float32:
         torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
     try:
-        outcomes = _run_all(model, processor, items, method_list, budget_list, infeasible, batch_size, progress,
-                            sync)
+        outcomes = _run_all(proxy, model, processor, items, method_list, budget_list, infeasible, batch_size,
+                            progress, sync)
     finally:
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = tf32
     entries: list[Entry] = []
@@ -327,15 +380,17 @@ def run_fidelity(model, processor, items: Sequence[Item], methods: Iterable[str]
         if answers is None:
             entries.append(Entry(method, budget, {}, None, "", 0.0, infeasible[method, budget]))
             continue
-        accuracy = accuracy_by_kind(items, answers)
+        accuracy = proxy.accuracy_by_kind(items, answers)
         if full_overall is None:
             full_overall = accuracy["overall"]
-        correct = "".join("1" if given == item.question.answer else "0" for item, given in zip(items, answers))
+        # the rule accuracy_by_kind scores by: the same words as the expected answer
+        correct = "".join("1" if given.split() == item.question.answer.split() else "0"
+                          for item, given in zip(items, answers))
         entries.append(Entry(method, budget, accuracy, _percent(accuracy["overall"], full_overall), correct,
                              seconds))
 
     scenes = list({id(item.scene): item.scene for item in items}.values())
-    whole = len(scenes) == shapes.HELDOUT_SCENES and len(items) == sum(len(s.questions) for s in scenes)
+    whole = len(scenes) == proxy.heldout_scenes and len(items) == sum(len(s.questions) for s in scenes)
     metadata = Metadata(
         model=model_name or Path(str(getattr(model, "name_or_path", "") or type(model).__name__)).name,
         command=command if command is not None else "python " + shlex.join(sys.argv),
@@ -349,22 +404,44 @@ def run_fidelity(model, processor, items: Sequence[Item], methods: Iterable[str]
         questions=len(items),
         scenes=len(scenes),
         limit=None if whole else len(items),
-        fingerprint=shapes.fingerprint(scenes),
-        kinds=tuple(KINDS),
-        item_kinds="".join(str(KINDS.index(item.question.kind)) for item in items),
+        fingerprint=proxy.fingerprint(scenes),
+        kinds=proxy.kinds,
+        item_kinds="".join(str(proxy.kinds.index(item.question.kind)) for item in items),
         seconds=round(sum(e.seconds for e in entries), 3),
+        proxy=proxy.name,
     )
     return FidelityResult(metadata, tuple(entries))
 
 
-def _run_all(model, processor, items, method_list, budget_list, infeasible, batch_size, progress, sync):
+def _resolve_proxy(proxy: str | Proxy) -> Proxy:
+    if isinstance(proxy, Proxy):
+        return proxy
+    try:
+        return get_proxy(proxy)
+    except ValueError as error:
+        raise FidelityConfigError("proxy", str(error).removeprefix("proxy: ")) from None
+
+
+def _check_items(items: list[Item], proxy: Proxy) -> None:
+    """The items are questions of ``proxy``'s kinds, few enough kinds for one digit each."""
+    if not items:
+        raise FidelityConfigError("items", "no questions to answer")
+    foreign = sorted({item.question.kind for item in items} - set(proxy.kinds))
+    if foreign:
+        raise FidelityConfigError("items", f"question kinds {foreign} are not {proxy.name}'s {list(proxy.kinds)}; "
+                                  f"take its questions from get_proxy({proxy.name!r}).items()")
+    if len(proxy.kinds) > 10:  # item_kinds stores one digit per question
+        raise RuntimeError("item_kinds needs one digit per kind; more than 10 kinds")
+
+
+def _run_all(proxy, model, processor, items, method_list, budget_list, infeasible, batch_size, progress, sync):
     """Answer ``items`` unpruned, then once per feasible (method, budget):
     ``[(method, budget, answers or None when infeasible, seconds)]``."""
     from tqdm.auto import tqdm
 
     import visiondrop
 
-    answer(model, processor, items[:1])  # warm-up (first-call costs), so that no run's seconds include it
+    proxy.answer(model, processor, items[:1])  # warm-up (first-call costs), so that no run's seconds include it
     runs = [(FULL, None)] + [(method, budget) for method in method_list for budget in budget_list]
     outcomes: list[tuple[str, int | None, list[str], float]] = []
     bar = tqdm(runs, desc="fidelity", unit="run", disable=not progress)
@@ -376,11 +453,11 @@ def _run_all(model, processor, items, method_list, budget_list, infeasible, batc
         sync()
         start = time.perf_counter()
         if budget is None:
-            answers = answer(model, processor, items, batch_size=batch_size)
+            answers = proxy.answer(model, processor, items, batch_size=batch_size)
         else:
             name, options = parse_method(method)
             with visiondrop.apply(model, name, budget=budget, **options):
-                answers = answer(model, processor, items, batch_size=batch_size)
+                answers = proxy.answer(model, processor, items, batch_size=batch_size)
         sync()
         outcomes.append((method, budget, answers, round(time.perf_counter() - start, 3)))
 
@@ -426,13 +503,15 @@ def to_markdown(result: FidelityResult) -> str:
     """A Markdown table (rows: full, then method x budget; columns: the kinds,
     overall, % of full) under a header saying how it was made."""
     meta = result.metadata
+    proxy = get_proxy(meta.proxy)
     v = meta.versions
     if meta.limit is None:
         data = f"all {meta.questions:,} held-out questions ({meta.scenes} scenes)"
     else:
-        data = f"the first {meta.questions:,} of {HELDOUT_QUESTIONS:,} held-out questions ({meta.scenes} scenes)"
+        data = (f"the first {meta.questions:,} of {proxy.heldout_questions:,} held-out questions "
+                f"({meta.scenes} scenes)")
     lines = [
-        f"## Fidelity: {meta.model} on ShapesVQA",
+        f"## Fidelity: {meta.model} on {proxy.dataset}",
         "",
         (f"Accuracy (%) on {data}, fingerprint `{meta.fingerprint[:16]}`. Budget: visual tokens per image "
          "(averaged over the LLM's layers); % of full: overall accuracy relative to the unpruned model's."),
@@ -474,6 +553,7 @@ def plot(result: FidelityResult, path: str | Path) -> Path:
     from matplotlib.figure import Figure
 
     meta = result.metadata
+    proxy = get_proxy(meta.proxy)
     fig = Figure(figsize=(9, 4.5), dpi=120)
     FigureCanvasAgg(fig)  # the Agg backend, without touching pyplot's global state
     ax = fig.add_subplot()
@@ -494,8 +574,8 @@ def plot(result: FidelityResult, path: str | Path) -> Path:
     ax.set_xlabel("budget (visual tokens per image)")
     ax.set_ylabel("overall accuracy (%)")
     count = (f"{meta.questions:,} questions" if meta.limit is None
-             else f"first {meta.questions:,} of {HELDOUT_QUESTIONS:,} questions")
-    ax.set_title(f"{Path(meta.model).name or meta.model}: ShapesVQA held-out\n{count}", fontsize=11)
+             else f"first {meta.questions:,} of {proxy.heldout_questions:,} questions")
+    ax.set_title(f"{Path(meta.model).name or meta.model}: {proxy.dataset} held-out\n{count}", fontsize=11)
     ax.grid(True, alpha=0.3)
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=9)  # beside the lines, never over them
     fig.tight_layout()
@@ -606,7 +686,12 @@ def _parse(data: object) -> FidelityResult:
         raise _Malformed(f"metadata.item_kinds has {len(item_kinds)} characters for {questions} questions")
     if set(item_kinds) - {str(i) for i in range(len(kinds))}:
         raise _Malformed(f"metadata.item_kinds must hold only the digits 0-{len(kinds) - 1} (indices into kinds)")
-    metadata = Metadata(**{**meta, "seconds": float(meta["seconds"])}, kinds=tuple(kinds))
+    proxy = meta_raw.get("proxy", DEFAULT_PROXY)  # files from before the registry: shapes-llava
+    try:
+        get_proxy(proxy)
+    except ValueError as error:
+        raise _Malformed(f"metadata.{error}") from None
+    metadata = Metadata(**{**meta, "seconds": float(meta["seconds"])}, kinds=tuple(kinds), proxy=proxy)
 
     raw_entries = _field(top, "entries", (list,))
     if not raw_entries:

@@ -43,7 +43,8 @@ def answer(model, tokenizer, prompt: str, items: Sequence[Item], batch_size: int
                              do_sample=False, eos_token_id=eos, pad_token_id=tokenizer.pad_token_id)
         for row in out[:, batch["input_ids"].shape[1]:].tolist():
             row = row[:row.index(eos)] if eos in row else row
-            answers.append(" ".join(tokenizer.convert_ids_to_tokens(row)))
+            # an id of the padded vocabulary beyond the word list (an undertrained model's) has no token
+            answers.append(" ".join(token or tokenizer.unk_token for token in tokenizer.convert_ids_to_tokens(row)))
     return answers
 
 
