@@ -252,8 +252,8 @@ def train(args) -> dict:  # noqa: PLR0915 (the stages, read top to bottom)
         return {"loss": loss.detach()}
 
     lm.train()
-    stages["text"] = {"skipped": True} if args.text_seconds <= 0 else timed_stage("text", args.text_seconds, args.max_steps, text_step, opt, args.lm_lr, args.warmup,
-                                log)
+    stages["text"] = {"skipped": True} if args.text_seconds <= 0 else \
+        timed_stage("text", args.text_seconds, args.max_steps, text_step, opt, args.lm_lr, args.warmup, log)
     documents = opt = None
 
     def read_tower(batch_images):  # what LLaVA reads: layer -2, [CLS] dropped
@@ -312,8 +312,8 @@ def train(args) -> dict:  # noqa: PLR0915 (the stages, read top to bottom)
         return multimodal_step(opt, list(projector.parameters()), text, targets, scenes)
 
     lm.eval()
-    stages["align"] = {"skipped": True} if args.align_seconds <= 0 else timed_stage("align", args.align_seconds, args.max_steps, align_step, opt, args.align_lr,
-                                 args.warmup, log)
+    stages["align"] = {"skipped": True} if args.align_seconds <= 0 else \
+        timed_stage("align", args.align_seconds, args.max_steps, align_step, opt, args.align_lr, args.warmup, log)
 
     # 4. instruct: projector + LM on chats, loss on the answers
     params = [*projector.parameters(), *lm.parameters(), *lm_head.parameters()]
