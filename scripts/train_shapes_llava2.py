@@ -355,7 +355,8 @@ def train(args) -> dict:  # noqa: PLR0915 (the stages, read top to bottom)
         "data": {"seed": args.seed, "train_scenes": args.scenes, "train_chats": int(len(chat_tokens)),
                  "heldout_seed": shapes2.HELDOUT_SEED, "heldout_scenes": args.eval_scenes,
                  "heldout_questions": len(items)},
-        "stages": {name: {**record, "batch": args.vision_batch if name == "vision" else args.lm_batch}
+        "stages": {name: {"batch": args.vision_batch if name == "vision" else args.lm_batch, **record}
+                   if "steps" in record and "loaded_from" not in record and "earlier call" not in name else record
                    for name, record in stages.items()},
         "total_seconds": round(time.time() - t0, 1), "heldout_accuracy": accuracy,
         "parameters": sum(p.numel() for p in model.parameters()), "log": log,

@@ -117,3 +117,37 @@ def test_vision_stage_in_one_call_then_the_rest_in_the_next(tmp_path):
     assert log["stages"]["vision"]["loaded_from"] == str(tower_file)
     assert [e["stage"] for e in log["log"]][:1] == ["vision"] and "--stage vision" in \
         log["stages"]["vision"]["separate_call"]
+
+
+def test_init_from_trains_an_earlier_checkpoint_on(smoke_model, tmp_path):
+    """A later device call goes on from the checkpoint an earlier one returned: the tower stays
+    as it was, stages given 0 seconds are skipped, and the earlier record leads the log."""
+    from visiondrop.zoo.shapes_llava2 import load_shapes_llava2
+
+    out = tmp_path / "more"
+    run_script("train_shapes_llava2.py", "--out", str(out), "--smoke", "--init-from", str(smoke_model),
+               "--text-seconds", "0", "--align-seconds", "0")
+    before, _ = load_shapes_llava2(smoke_model)
+    after, _ = load_shapes_llava2(out)
+    for (name, old), new in zip(before.model.vision_tower.state_dict().items(),
+                                after.model.vision_tower.state_dict().values()):
+        assert torch.equal(old, new), name
+    lm_old, lm_new = before.model.language_model.state_dict(), after.model.language_model.state_dict()
+    assert any(not torch.equal(lm_old[k], lm_new[k]) for k in lm_old)  # instruct trained it on
+    log = json.loads((out / "training_log.json").read_text())
+    assert log["stages"]["text"] == {"skipped": True} and log["stages"]["align"] == {"skipped": True}
+    assert log["stages"]["instruct"]["steps"] >= 1
+    assert log["earlier_commands"] == [json.loads((smoke_model / "training_log.json").read_text())["command"]]
+    assert [e["stage"] for e in log["log"]] == ["vision", "text", "align", "instruct", "instruct"]
+
+
+def test_init_from_refuses_a_folder_it_did_not_write(tmp_path, capsys):
+    with pytest.raises(SystemExit) as stop:
+        runpy_args = [str(SCRIPTS / "train_shapes_llava2.py"), "--out", str(tmp_path / "x"), "--smoke",
+                      "--init-from", str(tmp_path)]
+        old, sys.argv = sys.argv, runpy_args
+        try:
+            runpy.run_path(runpy_args[0], run_name="__main__")
+        finally:
+            sys.argv = old
+    assert stop.value.code == 2 and "--init-from" in capsys.readouterr().err
