@@ -69,6 +69,22 @@ class Proxy:
         return self.processor(text=texts, images=images, return_tensors="pt", padding=True).to(self.model.device)
 
 
+class TowerOnly:
+    """shapes-llava-2's vision tower alone, from a ``train_shapes_llava2.py --stage vision`` file:
+    gate 4 depends on nothing else, so it can be read before the LM is trained."""
+
+    def __init__(self, tower_file: str, device: str, prompts: int) -> None:
+        from safetensors.torch import load_file
+        from transformers import LlavaForConditionalGeneration
+
+        from visiondrop.zoo.shapes_llava2 import shapes_llava2_config
+
+        self.model = LlavaForConditionalGeneration(shapes_llava2_config()).eval()
+        self.model.model.vision_tower.load_state_dict(load_file(tower_file))
+        self.model.to(device)
+        self.items = get_proxy("shapes-llava-2").items(prompts)
+
+
 def gate_attention(proxy: Proxy, count: int) -> dict:
     """Gate 1: the last prompt token's attention by layer (eager attention weights)."""
     batch = proxy.prompts(count)
@@ -213,8 +229,13 @@ def main(argv=None) -> int:
     parser.add_argument("--prompts", type=int, default=32, help="prompts for the attention gates")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--out", default="proxy-gates")
+    parser.add_argument("--tower", default=None, metavar="FILE",
+                        help="gate 4 alone, on a shapes-llava-2 tower saved by train_shapes_llava2.py --stage vision")
     args = parser.parse_args(argv)
+    command = "python scripts/proxy_gates.py " + " ".join(argv or sys.argv[1:])
     start = time.time()
+    if args.tower is not None:
+        return tower_gate(args, command)
     proxy = Proxy(args.proxy, args.model, args.device, args.questions)
     full = proxy.accuracy()
     gates = {"1": gate_attention(proxy, args.prompts), "2": gate_fastv(proxy, full),
@@ -225,7 +246,7 @@ def main(argv=None) -> int:
                            "date": time.strftime("%Y-%m-%d"), "seconds": round(time.time() - start, 1),
                            "versions": {"torch": torch.__version__,
                                         "transformers": __import__("transformers").__version__},
-                           "command": "python scripts/proxy_gates.py " + " ".join(argv or sys.argv[1:])},
+                           "command": command},
               "full_accuracy": full, "gates": gates}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -233,6 +254,27 @@ def main(argv=None) -> int:
     (out / f"{name}.json").write_text(json.dumps(result, indent=1) + "\n")
     (out / f"{name}.md").write_text(to_markdown(result) + "\n")
     print(to_markdown(result))
+    return 0
+
+
+def tower_gate(args, command: str) -> int:
+    if not Path(args.tower).is_file():
+        raise SystemExit(f"proxy_gates.py: --tower: no such file {args.tower!r}")
+    if args.proxy != "shapes-llava-2":
+        raise SystemExit("proxy_gates.py: --tower reads a shapes-llava-2 tower; drop --proxy or give 2")
+    gate = gate_cls(TowerOnly(args.tower, args.device, args.prompts), args.prompts)
+    result = {"metadata": {"tower": args.tower, "prompts": args.prompts, "device": str(args.device),
+                           "date": time.strftime("%Y-%m-%d"), "command": command,
+                           "versions": {"torch": torch.__version__,
+                                        "transformers": __import__("transformers").__version__}},
+              "gates": {"4": gate}}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"gate4-{Path(args.tower).stem}.json"
+    path.write_text(json.dumps(result, indent=1) + "\n")
+    print(f"gate 4 on {args.tower}: CLS top 1% share {gate['cls_top1pct_share']:.2f} (>= 0.30), high-norm "
+          f"{100 * gate['high_norm_fraction']:.1f}% (0.5-10%; max/median {gate['max_norm_over_median']:.1f}): "
+          f"{'passed' if gate['passed'] else 'failed'} -> {path}")
     return 0
 
 

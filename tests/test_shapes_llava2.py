@@ -151,3 +151,22 @@ def test_init_from_refuses_a_folder_it_did_not_write(tmp_path, capsys):
         finally:
             sys.argv = old
     assert stop.value.code == 2 and "--init-from" in capsys.readouterr().err
+
+
+def test_gate_4_reads_a_tower_file_alone(tmp_path):
+    """The tower's gate before any LM is trained (a --stage vision call's file)."""
+    run_script("train_shapes_llava2.py", "--out", str(tmp_path / "v"), "--smoke", "--stage", "vision")
+    run_script("proxy_gates.py", "--tower", str(tmp_path / "v" / "vision_tower.safetensors"), "--prompts", "2",
+               "--device", "cpu", "--out", str(tmp_path / "g"))
+    gate = json.loads((tmp_path / "g" / "gate4-vision_tower.json").read_text())["gates"]["4"]
+    assert 0 < gate["cls_top1pct_share"] <= 1 and 0 <= gate["high_norm_fraction"] <= 1
+    assert gate["passed"] == (gate["cls_top1pct_share"] >= 0.3 and 0.005 <= gate["high_norm_fraction"] <= 0.1)
+
+
+def test_committed_tower_gate_is_below_its_threshold():
+    """docs/proxy quotes this file: run 3's tower fails gate 4 (no concentrated CLS attention)."""
+    attempts = Path(__file__).resolve().parents[1] / "docs" / "proxy" / "shapes-llava-2-attempts"
+    path = attempts / "gate4-vision_tower.json"
+    gate = json.loads(path.read_text())["gates"]["4"]
+    assert gate["passed"] is False and gate["cls_top1pct_share"] < 0.3
+    assert "0.20" in (path.parents[1] / "README.md").read_text()
