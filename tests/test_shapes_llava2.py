@@ -170,3 +170,33 @@ def test_committed_tower_gate_is_below_its_threshold():
     gate = json.loads(path.read_text())["gates"]["4"]
     assert gate["passed"] is False and gate["cls_top1pct_share"] < 0.3
     assert "0.20" in (path.parents[1] / "README.md").read_text()
+
+
+def test_probe_tower_scores_each_input_and_checks_its_arguments(tmp_path, capsys):
+    run_script("train_shapes_llava2.py", "--out", str(tmp_path / "v"), "--smoke", "--stage", "vision")
+    tower = str(tmp_path / "v" / "vision_tower.safetensors")
+    run_script("probe_tower.py", "--tower", tower, "--train", "2", "--test", "1", "--out", str(tmp_path / "p"))
+    result = json.loads((tmp_path / "p" / "probe-vision_tower.json").read_text())
+    assert set(result["accuracy"]) == {"tower", "random tower", "raw pixels", "shapes-llava's tower"}
+    assert all(0 <= v <= 1 for v in result["accuracy"].values()) and result["object_patches_tested"] > 0
+    for bad in (["--tower", str(tmp_path / "nothing")], ["--tower", tower, "--train", "0"]):
+        with pytest.raises(SystemExit) as stop:
+            old, sys.argv = sys.argv, [str(SCRIPTS / "probe_tower.py"), *bad]
+            try:
+                runpy.run_path(str(SCRIPTS / "probe_tower.py"), run_name="__main__")
+            finally:
+                sys.argv = old
+        assert stop.value.code == 2
+    assert "--tower" in capsys.readouterr().err
+
+
+def test_labels_name_the_shape_under_each_patch():
+    module = runpy.run_path(str(SCRIPTS / "probe_tower.py"), run_name="probe")
+    scene = shapes2.heldout(1)[0]
+    labels = module["labels"]([scene]).reshape(shapes2.NUM_PATCHES, shapes2.NUM_PATCHES)
+    none = len(shapes2.SHAPES)
+    owner = scene.patch_owner(min_cover=0.5)
+    for index, item in enumerate(scene.objects):
+        if (owner == index).any():
+            assert (labels[torch.from_numpy(owner == index)] == sorted(shapes2.SHAPES).index(item.shape)).all()
+    assert (labels[torch.from_numpy(owner < 0)] == none).all()
