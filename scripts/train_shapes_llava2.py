@@ -2,7 +2,9 @@
 
 1. ``vision``: the CLIP ViT learns from scratch, CLIP-style: its pooled [CLS] output against a
    small text encoder's embedding of 2-4 of the same scene's captions joined (symmetric InfoNCE
-   over the batch, learned temperature). No per-patch heads. The text encoder is thrown away.
+   over the batch, learned temperature). No per-patch heads. ``--region-weight`` adds the same
+   kind of loss between each object's phrase and the mean of its patch tokens at layer -2, so
+   that the tokens LLaVA reads learn what lies under them. The text encoder is thrown away.
 2. ``text``: the 32-layer Llama LM is pre-trained on text alone, next-token prediction on
    every position: ``<s>``, the system prompt, the scene told in words (its captions), then
    turns of questions and answers about it. Language layers and an attention sink can form
@@ -51,6 +53,7 @@ from visiondrop.zoo.shapes_llava2 import PROMPT, shapes2_processor, shapes2_toke
 TOKEN_IDS = {w: i for i, w in enumerate(word_list())}
 CAPTION_TOKENS = 40
 VIEW_TOKENS, VIEWS = 64, 4  # contrastive captions: several short ones joined, so that one scene matches
+MAX_OBJECTS, PHRASE_TOKENS = 12, 3  # --region-weight: each object's phrase ("large red circle")
 SETS_PER_CHAT = 2  # question sets per chat: 14 turns
 VISION_FILE = "vision_tower.safetensors"  # --stage vision's result (float32, 11 MB: a device call returns it)
 _IMAGES: np.ndarray | None = None  # shared memmap the workers write scenes into
@@ -93,7 +96,10 @@ def scene_arrays(task):
     chats = [chat([q for qs in sets[c * SETS_PER_CHAT:(c + 1) * SETS_PER_CHAT] for q in qs], rng) for c in range(2)]
     told = [t for c in scene.captions()[1:] for t in ids(c)]
     document = HEAD[:-1] + told + [TOKEN_IDS["USER:"]] + chats[0][0]  # the scene in words, then a chat
-    return captions, views, chats, document
+    owner = scene.patch_owner(min_cover=0.3).ravel()
+    owner = np.where(owner < len(scene.objects), owner, -1).astype(np.int8)  # signs: no phrase
+    phrases = [ids(o.name) for o in scene.objects]
+    return captions, views, chats, document, owner, phrases
 
 
 def padded(rows: list[list[int]], width: int | None = None, fill: int = PAD_ID) -> np.ndarray:
@@ -118,7 +124,13 @@ def build_data(seed: int, count: int, workers: int, scratch: Path) -> dict:
     caption_counts = np.array([len(c) for c in captions])
     views = np.stack([padded(r[1], VIEW_TOKENS) for r in results])
     chats = [c for r in results for c in r[2]]
-    return {"images": np.asarray(_IMAGES), "captions": caption_ids, "caption_counts": caption_counts,
+    phrases = np.full((count, MAX_OBJECTS, VIEW_TOKENS), PAD_ID, dtype=np.int64)
+    present = np.zeros((count, MAX_OBJECTS), dtype=bool)  # objects that own at least one patch
+    for i, r in enumerate(results):
+        phrases[i, :len(r[5]), :PHRASE_TOKENS] = r[5]
+        present[i, np.unique(r[4][r[4] >= 0])] = True
+    return {"region_owner": np.stack([r[4] for r in results]), "region_phrases": phrases, "region_present": present,
+            "images": np.asarray(_IMAGES), "captions": caption_ids, "caption_counts": caption_counts,
             "views": views, "chat_tokens": padded([c[0] for c in chats]),
             "chat_targets": padded([c[1] for c in chats], fill=0), "documents": padded([r[3] for r in results])}
 
@@ -200,30 +212,60 @@ def train(args) -> dict:  # noqa: PLR0915 (the stages, read top to bottom)
         text_tower = CaptionEncoder(len(word_list()), 192, 128).to(device)
         image_project = nn.Linear(vision.config.hidden_size, 128, bias=False).to(device)
         log_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07), device=device))
+        region_project = nn.Linear(vision.config.hidden_size, 128, bias=False).to(device)
         params = [*vision.parameters(), *text_tower.parameters(), *image_project.parameters(), log_scale]
+        if args.region_weight > 0:
+            params += list(region_project.parameters())
+            owners = torch.from_numpy(data["region_owner"]).to(device)
+            phrases = torch.from_numpy(data["region_phrases"]).to(device)
+            present = torch.from_numpy(data["region_present"]).to(device)
         opt = torch.optim.AdamW(params, lr=args.vision_lr, weight_decay=0.05, betas=(0.9, 0.98))
 
         def vision_step(step):
             pick = torch.randint(len(images), (args.vision_batch,), device=device)
             which = torch.randint(VIEWS, (len(pick),), device=device)
+            scale = log_scale.clamp(max=math.log(100)).exp()
             with torch.autocast(**amp):
-                pooled = vision(pixel_values(images[pick])).pooler_output
-                image_embed = F.normalize(image_project(pooled).float(), dim=-1)
+                out = vision(pixel_values(images[pick]), output_hidden_states=args.region_weight > 0)
+                image_embed = F.normalize(image_project(out.pooler_output).float(), dim=-1)
                 text_embed = F.normalize(text_tower(views[pick, which]).float(), dim=-1)
-            logits = image_embed @ text_embed.T * log_scale.clamp(max=math.log(100)).exp()
+            logits = image_embed @ text_embed.T * scale
             labels = torch.arange(len(pick), device=device)
             loss = (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
+            metrics = {"acc": (logits.argmax(-1) == labels).float().mean()}
+            if args.region_weight > 0:
+                region_loss, metrics["region_acc"] = region_contrast(out.hidden_states[-2][:, 1:], pick, scale)
+                loss = loss + args.region_weight * region_loss
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             opt.step()
-            return {"loss": loss.detach(), "acc": (logits.argmax(-1) == labels).float().mean()}
+            return {"loss": loss.detach(), **metrics}
+
+        def region_contrast(patches, pick, scale):
+            """One object per image: the mean of its patch tokens at the layer LLaVA reads against
+            its phrase, InfoNCE over the batch (every image with the same phrase counts as a
+            positive). CLIP-style still (a text tower, no per-patch labels), but it reaches the
+            patch tokens, which the [CLS] objective barely does (scripts/probe_tower.py)."""
+            chosen = torch.multinomial(present[pick].float() + 1e-6, 1)[:, 0]
+            inside = (owners[pick] == chosen[:, None]).to(patches.dtype)  # (B, 576)
+            with torch.autocast(**amp):
+                region = (patches * inside[..., None]).sum(1) / inside.sum(1, keepdim=True).clamp(min=1)
+                region_embed = F.normalize(region_project(region).float(), dim=-1)
+                phrase = phrases[pick, chosen]
+                phrase_embed = F.normalize(text_tower(phrase).float(), dim=-1)
+            logits = region_embed @ phrase_embed.T * scale
+            same = (phrase[:, None, :PHRASE_TOKENS] == phrase[None, :, :PHRASE_TOKENS]).all(-1)
+            row = torch.logsumexp(logits, 1) - torch.logsumexp(logits.masked_fill(~same, -1e4), 1)
+            column = torch.logsumexp(logits, 0) - torch.logsumexp(logits.masked_fill(~same, -1e4), 0)
+            hit = same[torch.arange(len(pick), device=pick.device), logits.argmax(1)].float().mean()
+            return (row.mean() + column.mean()) / 2, hit
 
         vision.train()
         stages["vision"] = timed_stage("vision", args.vision_seconds, args.max_steps, vision_step, opt, args.vision_lr,
                                       args.warmup, log)
         vision.eval().requires_grad_(False)
-        text_tower = image_project = opt = None
+        text_tower = image_project = region_project = opt = None
 
     if args.stage == "vision":  # a later call goes on with --vision-from (a device call lasts 10 minutes)
         from safetensors.torch import save_file
@@ -379,6 +421,9 @@ def main(argv=None) -> int:
     parser.add_argument("--vision-batch", type=int, default=256)
     parser.add_argument("--lm-batch", type=int, default=48)
     parser.add_argument("--vision-lr", type=float, default=1e-3)
+    parser.add_argument("--region-weight", type=float, default=0.0,
+                        help="vision stage: weight of a second contrastive loss, each object's patch tokens "
+                             "against its phrase (0: the [CLS]-caption loss alone, as in run 3)")
     parser.add_argument("--lm-lr", type=float, default=6e-4)
     parser.add_argument("--align-lr", type=float, default=1e-3)
     parser.add_argument("--warmup", type=int, default=200)

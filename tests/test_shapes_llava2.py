@@ -200,3 +200,24 @@ def test_labels_name_the_shape_under_each_patch():
         if (owner == index).any():
             assert (labels[torch.from_numpy(owner == index)] == sorted(shapes2.SHAPES).index(item.shape)).all()
     assert (labels[torch.from_numpy(owner < 0)] == none).all()
+
+
+def test_region_data_pairs_each_object_s_patches_with_its_phrase(tmp_path):
+    module = runpy.run_path(str(SCRIPTS / "train_shapes_llava2.py"), run_name="train")
+    data = module["build_data"](0, 2, 1, tmp_path)
+    for index in range(2):
+        scene = shapes2.render_scene(0, index)
+        owner = data["region_owner"][index]
+        for k, item in enumerate(scene.objects):
+            phrase = data["region_phrases"][index, k]
+            assert [module["word_list"]()[t] for t in phrase[:3]] == item.name.split()
+            assert data["region_present"][index, k] == (owner == k).any()
+        assert data["region_present"][index].sum() >= 3  # most objects own patches
+        assert (owner < len(scene.objects)).all()  # sign patches carry no phrase
+
+
+def test_region_loss_trains_and_logs_its_accuracy(tmp_path):
+    run_script("train_shapes_llava2.py", "--out", str(tmp_path), "--smoke", "--stage", "vision",
+               "--region-weight", "0.5")
+    entries = json.loads((tmp_path / "vision_log.json").read_text())["log"]
+    assert entries and all("region_acc" in e and 0 <= e["region_acc"] <= 1 for e in entries)
