@@ -164,10 +164,11 @@ def train(args) -> dict:  # noqa: PLR0915 (the stages, read top to bottom)
     log: list[dict] = []
     stages: dict[str, dict] = {}
 
-    def timed_stage(*arguments):
+    def timed_stage(name, *arguments):
         start = time.time()
-        steps = timed_loop(*arguments)
-        return {"steps": steps, "seconds": round(time.time() - start, 1)}
+        steps = timed_loop(name, *arguments)
+        return {"steps": steps, "seconds": round(time.time() - start, 1),
+                "batch": args.vision_batch if name == "vision" else args.lm_batch}
 
     from transformers import LlavaForConditionalGeneration
 
@@ -212,9 +213,9 @@ def train(args) -> dict:  # noqa: PLR0915 (the stages, read top to bottom)
         text_tower = CaptionEncoder(len(word_list()), 192, 128).to(device)
         image_project = nn.Linear(vision.config.hidden_size, 128, bias=False).to(device)
         log_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07), device=device))
-        region_project = nn.Linear(vision.config.hidden_size, 128, bias=False).to(device)
         params = [*vision.parameters(), *text_tower.parameters(), *image_project.parameters(), log_scale]
         if args.region_weight > 0:
+            region_project = nn.Linear(vision.config.hidden_size, 128, bias=False).to(device)
             params += list(region_project.parameters())
             owners = torch.from_numpy(data["region_owner"]).to(device)
             phrases = torch.from_numpy(data["region_phrases"]).to(device)
@@ -397,9 +398,7 @@ def train(args) -> dict:  # noqa: PLR0915 (the stages, read top to bottom)
         "data": {"seed": args.seed, "train_scenes": args.scenes, "train_chats": int(len(chat_tokens)),
                  "heldout_seed": shapes2.HELDOUT_SEED, "heldout_scenes": args.eval_scenes,
                  "heldout_questions": len(items)},
-        "stages": {name: {"batch": args.vision_batch if name == "vision" else args.lm_batch, **record}
-                   if "steps" in record and "loaded_from" not in record and "earlier call" not in name else record
-                   for name, record in stages.items()},
+        "stages": stages,
         "total_seconds": round(time.time() - t0, 1), "heldout_accuracy": accuracy,
         "parameters": sum(p.numel() for p in model.parameters()), "log": log,
     }
