@@ -172,26 +172,31 @@ def lr_at(step: int, total: int, peak: float, warmup: int) -> float:
     return peak * 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
 
 
-def timed_loop(name, budget_s, max_steps, step_fn, optimizer, peak_lr, warmup, log, skip=10, every=50):
+def timed_loop(name, budget_s, max_steps, step_fn, optimizer, peak_lr, warmup, log, skip=10, every=50, every_s=5.0):
     """Run ``step_fn(step)`` for about ``budget_s`` seconds under a warmup + cosine
-    schedule. The step count is re-estimated every ``every`` steps from the measured
-    speed (the first ``skip`` steps, slow while kernels warm up, are not counted), so
-    the schedule ends on time on any GPU."""
+    schedule. The step count is re-estimated from the measured speed every ``every``
+    steps or ``every_s`` seconds, whichever comes first, so the schedule ends on time on
+    any GPU and on a CPU, where one step can take seconds. Steps before the first ``skip``
+    (or the first ``every_s`` seconds), slow while kernels warm up, are not counted."""
     sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
-    total, step, start, mark = max_steps, 0, time.time(), None
+    total, step, start = max_steps, 0, time.time()
+    mark = mark_step = None  # where the speed measurement starts
+    checked = start
     while step < total:
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, total, peak_lr * group.get("scale", 1.0), min(warmup, total // 10 + 1))
         metrics = step_fn(step)
         step += 1
-        if step == skip:
+        if mark is None and (step == skip or time.time() - start > every_s):
             sync()
-            mark = time.time()
-        elif mark is not None and step % every == 0:
+            mark = checked = time.time()
+            mark_step = step
+        elif mark is not None and (step % every == 0 or time.time() - checked > every_s):
             sync()
-            per_step = (time.time() - mark) / (step - skip)
-            remaining = budget_s - (time.time() - start)
-            total = max(step + 1, min(max_steps, step + int(remaining / per_step)))
+            checked = time.time()
+            per_step = (checked - mark) / (step - mark_step)
+            remaining = budget_s - (checked - start)
+            total = max(step, min(max_steps, step + int(remaining / per_step)))
         if step % 250 == 0 or step == total:
             entry = {"stage": name, "step": step, "of": total, "seconds": round(time.time() - start, 1),
                      **{k: round(float(v), 4) for k, v in metrics.items()}}

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import runpy
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -63,3 +64,23 @@ def test_bad_arguments(tmp_path, capsys, argv, message):
         sys.argv = old
     assert done.value.code == 2
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("step_seconds", "budget", "expected"), [(12.0, 60.0, 5), (0.01, 3.0, 300)])
+def test_timed_loop_ends_on_time_whether_a_step_takes_seconds_or_milliseconds(step_seconds, budget, expected,
+                                                                              monkeypatch):
+    """On a CPU a step can take seconds: the loop must not wait for 50 steps before it first
+    checks its time (it once ran a 60-second stage for 50 steps of 12 s). A fake clock, so the
+    test measures the loop's arithmetic, not this machine."""
+    timed_loop = runpy.run_path(str(SCRIPT), run_name="timed_loop")["timed_loop"]
+    clock = [1000.0]
+    monkeypatch.setattr(time, "time", lambda: clock[0])
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+
+    def step_fn(step):
+        clock[0] += step_seconds
+        return {}
+
+    steps = timed_loop("t", budget, 100_000, step_fn, optimizer, 0.1, 2, [])
+    assert abs(steps - expected) <= 1
+    assert abs(steps * step_seconds - budget) <= step_seconds + 1e-6
