@@ -70,7 +70,7 @@ def test_bad_arguments(tmp_path, capsys, argv, message):
 def test_timed_loop_ends_on_time_whether_a_step_takes_seconds_or_milliseconds(step_seconds, budget, expected,
                                                                               monkeypatch):
     """On a CPU a step can take seconds: the loop must not wait for 50 steps before it first
-    checks its time (it once ran a 60-second stage for 50 steps of 12 s). A fake clock, so the
+    checks its time (a 60-second stage ran 50 steps of 12 s before the fix). A fake clock, so the
     test measures the loop's arithmetic, not this machine."""
     timed_loop = runpy.run_path(str(SCRIPT), run_name="timed_loop")["timed_loop"]
     clock = [1000.0]
